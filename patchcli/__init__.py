@@ -1,0 +1,20 @@
+"""patchcli: pre-extract patches from 3D medical images for patch-based training."""
+
+from __future__ import annotations
+
+from ._version import __version__
+
+__all__ = ["__version__", "PatchDataset", "GridAggregator"]
+
+
+def __getattr__(name: str):
+    # Lazy so that ``import patchcli`` (and the CLI) never imports torch.
+    if name == "PatchDataset":
+        from .dataset import PatchDataset
+
+        return PatchDataset
+    if name == "GridAggregator":
+        from .aggregate import GridAggregator
+
+        return GridAggregator
+    raise AttributeError(f"module 'patchcli' has no attribute {name!r}")
