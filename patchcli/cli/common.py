@@ -1,0 +1,127 @@
+"""What every subcommand shares: error handling, option parsing, messages."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import PatchcliError, PatchcliWarning
+
+
+class PatchcliGroup(click.Group):
+    """Lists commands in the order they were added (samplers first)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, PatchcliWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def run_command(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line messages and exit status 1.
+
+    With ``--debug`` the full traceback is shown instead.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        previous = warnings.showwarning
+        warnings.showwarning = _show_warning
+        try:
+            return function(*args, **kwargs)
+        except PatchcliError as error:
+            if debug:
+                raise
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(1)
+        except OSError as error:
+            if debug:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"Error: {where}{error.strerror or error}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing was written.", err=True)
+            sys.exit(130)
+        finally:
+            warnings.showwarning = previous
+
+    return click.option(
+        "--debug", is_flag=True, help="Show the full traceback of an error."
+    )(wrapper)
+
+
+class TripletType(click.ParamType):
+    """``64`` or ``64,64,32``."""
+
+    name = "N|X,Y,Z"
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        if isinstance(value, (int, list, tuple)):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        try:
+            numbers = [int(part) for part in parts]
+        except ValueError:
+            self.fail(f"{value!r} is not an int or three comma-separated ints", param, ctx)
+        if len(numbers) == 1:
+            return numbers[0]
+        if len(numbers) != 3:
+            self.fail(f"{value!r} must have 1 or 3 values", param, ctx)
+        return numbers
+
+
+class ProbabilitiesType(click.ParamType):
+    """``0:1,1:2`` -> ``{0: 1.0, 1: 2.0}``."""
+
+    name = "LABEL:P,..."
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        if isinstance(value, dict):
+            return value
+        result = {}
+        for item in str(value).split(","):
+            key, sep, probability = item.partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                result[int(key)] = float(probability)
+            except ValueError:
+                self.fail(f"{value!r}: expected LABEL:PROBABILITY pairs, e.g. 0:1,1:2", param, ctx)
+        return result
+
+
+class PaddingModeType(click.ParamType):
+    """A number (constant padding) or a mode name."""
+
+    name = "MODE|NUMBER"
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return value
+
+
+def show_progress(quiet: bool) -> bool | None:
+    """None lets tqdm decide (a bar on a terminal only); False when quiet."""
+    return False if quiet else None
+
+
+def echo_summary(text: str) -> None:
+    click.echo(text)
+
+
+def environment_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")

@@ -1,0 +1,111 @@
+"""``patchcli uniform | weighted | label | grid``: sample patches and write them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .common import (
+    PaddingModeType,
+    ProbabilitiesType,
+    TripletType,
+    echo_summary,
+    run_command,
+    show_progress,
+)
+
+# Options shared by the four samplers: name -> (config key, click kwargs).
+COMMON_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--subjects", "subjects", dict(type=click.Path(dir_okay=False), help="Subjects CSV manifest.")),
+    ("--patch-size", "patch_size", dict(type=TripletType(), help="Patch size: N or X,Y,Z.")),
+    ("--seed", "seed", dict(type=click.IntRange(min=0), help="Random seed.")),
+    ("--output", "output.path", dict(type=click.Path(), help="Output file (hdf5) or folder (nifti).")),
+    ("--format", "output.format", dict(type=click.Choice(["hdf5", "nifti"]), help="Output format.")),
+    (
+        "--compression",
+        "output.compression",
+        dict(type=click.Choice(["none", "gzip", "lz4", "zstd"]), help="HDF5 compression."),
+    ),
+    ("--compression-level", "output.compression_level", dict(type=int, help="Compression level.")),
+    ("--dtype", "output.dtype", dict(help="Cast intensity images to this dtype, e.g. float32.")),
+    ("--reader", "reader", dict(type=click.Choice(["auto", "nibabel", "sitk"]), help="Image reader.")),
+    ("--workers", "workers", dict(type=click.IntRange(min=0), help="Processes loading subjects.")),
+    ("--block-size", "block_size", dict(help="Bytes of patches written at once, e.g. 64MiB.")),
+]
+RANDOM_OPTIONS = [
+    ("--num-patches", "num_patches", dict(type=click.IntRange(min=1), help="Patches per subject.")),
+]
+SAMPLER_OPTIONS = {
+    "uniform": RANDOM_OPTIONS,
+    "weighted": RANDOM_OPTIONS
+    + [("--probability-map", "probability_map", dict(help="Name of the sampling image."))],
+    "label": RANDOM_OPTIONS
+    + [
+        ("--label-name", "label_name", dict(help="Name of the label image.")),
+        (
+            "--label-probabilities",
+            "label_probabilities",
+            dict(type=ProbabilitiesType(), help="Class probabilities, e.g. 0:1,1:2."),
+        ),
+    ],
+    "grid": [
+        ("--patch-overlap", "patch_overlap", dict(type=TripletType(), help="Even overlap: N or X,Y,Z.")),
+        (
+            "--padding-mode",
+            "padding_mode",
+            dict(type=PaddingModeType(), help="Pad by overlap/2: a number or a numpy mode."),
+        ),
+    ],
+}
+
+HELP = {
+    "uniform": (
+        "Sample patches uniformly: every position inside the volume is equally likely.",
+        "patchcli uniform configs/uniform.yaml --num-patches 20 --seed 3",
+    ),
+    "weighted": (
+        "Sample patches whose centres follow a probability map (an image of the subject).",
+        "patchcli weighted configs/weighted.yaml --seed 3 --output out/w.h5",
+    ),
+    "label": (
+        "Sample patches centred on labelled voxels, optionally balanced by class.",
+        "patchcli label configs/label.yaml --label-probabilities 0:1,1:1,2:1",
+    ),
+    "grid": (
+        "Tile every volume with overlapping patches, for dense inference.",
+        "patchcli grid configs/grid.yaml --patch-overlap 16 --format nifti --output out/grid/",
+    ),
+}
+
+
+def _make_command(sampler: str) -> click.Command:
+    summary, example = HELP[sampler]
+    options = COMMON_OPTIONS + SAMPLER_OPTIONS[sampler]
+
+    @run_command
+    def command(config: str, overwrite: bool, quiet: bool, **values: Any) -> None:
+        from ..config import load_config
+        from ..extract import extract
+        from ..units import format_bytes
+
+        keys = {option.lstrip("-").replace("-", "_"): key for option, key, _ in options}
+        overrides = {keys[name]: value for name, value in values.items()}
+        loaded = load_config(config, overrides)
+        result = extract(loaded, sampler, overwrite=overwrite, progress=show_progress(quiet))
+        echo_summary(
+            f"{sampler}: {result.patches} patches from {result.subjects} subjects, "
+            f"{format_bytes(result.bytes_written)} written to {result.path} "
+            f"in {result.seconds:.1f} s"
+        )
+
+    command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}"
+    for option, _, kwargs in reversed(options):
+        command = click.option(option, default=None, **kwargs)(command)
+    command = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(command)
+    command = click.option("--overwrite", is_flag=True, help="Replace an existing output.")(command)
+    command = click.argument("config", type=click.Path(dir_okay=False))(command)
+    return click.command(sampler, help=command.__doc__)(command)
+
+
+COMMANDS = [_make_command(sampler) for sampler in ("uniform", "weighted", "label", "grid")]

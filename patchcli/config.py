@@ -1,0 +1,276 @@
+"""One validated configuration schema for every subcommand.
+
+A config is a YAML file (loaded with ``yaml.safe_load``) whose keys are
+TorchIO's parameter names wherever TorchIO has one. Command-line options
+override keys of the same name. Relative paths written in the YAML file are
+relative to that file; paths given as options are relative to the working
+directory.
+
+pydantic does the type checking: it reports the exact key that is wrong, which
+a hand-written validator would have to re-implement for every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .sampling.geometry import Triplet, to_triplet
+from .sampling.grid import check_padding_mode
+
+ImageType = Literal["intensity", "label", "sampling_map"]
+Compression = Literal["none", "gzip", "lz4", "zstd"]
+#: The default compression, chosen from bench/bench_compression.py (docs/format.md).
+DEFAULT_COMPRESSION: Compression = "lz4"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(_Strict):
+    """An image of every subject: its type and, for ``memory`` without files, its geometry."""
+
+    type: ImageType = "intensity"
+    shape: tuple[int, int, int] | None = None
+    channels: int = Field(default=1, ge=1)
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return _check_dtype(value)
+
+
+class OutputSpec(_Strict):
+    """Where and how patches are written."""
+
+    path: Path | None = None
+    format: Literal["hdf5", "nifti"] = "hdf5"
+    compression: Compression = DEFAULT_COMPRESSION
+    compression_level: int | None = Field(default=None, ge=0, le=22)
+    dtype: str | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        return None if value is None else _check_dtype(value)
+
+
+def _check_dtype(value: str) -> str:
+    try:
+        dtype = np.dtype(value)
+    except TypeError as error:
+        raise ValueError(f"unknown dtype {value!r}") from error
+    if dtype.kind not in "biuf":
+        raise ValueError(f"dtype must be numeric, not {value!r}")
+    return dtype.name
+
+
+class Config(_Strict):
+    """The resolved configuration of a run."""
+
+    subjects: Path | list[dict[str, Any]] | None = None
+    images: dict[str, ImageSpec] = Field(default_factory=dict)
+    patch_size: int | tuple[int, int, int] | None = None
+    num_patches: int | None = Field(default=None, ge=1)
+    probability_map: str | None = None
+    label_name: str | None = None
+    label_probabilities: dict[int, float] | None = None
+    patch_overlap: int | tuple[int, int, int] = 0
+    padding_mode: str | float | None = None
+    seed: int = Field(default=0, ge=0)
+    reader: Literal["auto", "nibabel", "sitk"] = "auto"
+    affine_tolerance: float = Field(default=1e-4, ge=0)
+    block_size: str = "64MiB"
+    workers: int = Field(default=0, ge=0)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    # Queue settings (queue-sim, memory), TorchIO's names.
+    max_length: int | None = Field(default=None, ge=1)
+    samples_per_volume: int | None = Field(default=None, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    prefetch_factor: int = Field(default=2, ge=1)
+    shuffle_subjects: bool = True
+    shuffle_patches: bool = True
+    batch_size: int = Field(default=1, ge=1)
+    num_epochs: int = Field(default=1, ge=1)
+    num_subjects: int | None = Field(default=None, ge=1)
+    load_seconds: float | None = Field(default=None, ge=0)
+    step_seconds: float | None = Field(default=None, ge=0)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _image_shorthand(cls, value: Any) -> Any:
+        # `t1: intensity` is short for `t1: {type: intensity}`.
+        if isinstance(value, Mapping):
+            return {
+                name: {"type": spec} if isinstance(spec, str) else spec
+                for name, spec in value.items()
+            }
+        return value
+
+    @field_validator("padding_mode")
+    @classmethod
+    def _padding_mode(cls, value: Any) -> Any:
+        return _as_value_error(check_padding_mode, value)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_size(cls, value: Any) -> Any:
+        if value is not None:
+            _as_value_error(to_triplet, value, "patch_size")
+        return value
+
+    @field_validator("patch_overlap")
+    @classmethod
+    def _patch_overlap(cls, value: Any) -> Any:
+        _as_value_error(to_triplet, value, "patch_overlap", minimum=0)
+        return value
+
+    @property
+    def patch_triplet(self) -> Triplet:
+        if self.patch_size is None:
+            raise ConfigError("patch_size is required")
+        return to_triplet(self.patch_size, "patch_size")
+
+    @property
+    def overlap_triplet(self) -> Triplet:
+        return to_triplet(self.patch_overlap, "patch_overlap", minimum=0)
+
+    def images_of_type(self, image_type: str) -> list[str]:
+        return [name for name, spec in self.images.items() if spec.type == image_type]
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML text (absolute paths, defaults filled in)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _as_value_error(function, *args, **kwargs):
+    # pydantic reports ValueError with the key's location; ConfigError would escape it.
+    try:
+        return function(*args, **kwargs)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a YAML mapping safely; one-line errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    return data
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if value is None or isinstance(value, list):
+        return value
+    path = Path(os.path.expanduser(str(value)))
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read a YAML config, apply option overrides, validate.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The YAML file; None starts from an empty config (options only).
+    overrides : mapping, optional
+        Key -> value; ``output.path`` style keys set nested values. None values
+        are ignored (an option that was not given).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        With a one-line message naming the file and the key.
+    """
+    source = Path(path) if path is not None else None
+    data = read_yaml(source) if source is not None else {}
+    base = source.resolve().parent if source is not None else Path.cwd()
+
+    # Paths written in the file are relative to the file.
+    if isinstance(data.get("subjects"), str):
+        data["subjects"] = _resolve(data["subjects"], base)
+    output = data.get("output")
+    if isinstance(output, str):  # `output: out.h5` is short for `output: {path: out.h5}`
+        output = data["output"] = {"path": output}
+    if isinstance(output, dict) and output.get("path") is not None:
+        output["path"] = _resolve(output["path"], base)
+    if isinstance(data.get("subjects"), list):
+        data["subjects"] = [_resolve_subject_paths(entry, base) for entry in data["subjects"]]
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ("subjects", "output.path"):
+            value = _resolve(value, Path.cwd())
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{source or 'options'}: {parent} must be a mapping")
+        target[leaf] = value
+
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source or 'options'}: {_first_problem(error)}") from None
+
+
+def _resolve_subject_paths(entry: Any, base: Path) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    return {
+        key: (str(_resolve(value, base)) if key not in ("id", "num_samples") and isinstance(value, str) else value)
+        for key, value in entry.items()
+    }
+
+
+# Parts of an error location that name a union member's type, not a key.
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|path|[a-z-]+\[.*\])$", re.IGNORECASE)
+
+
+def _first_problem(error: ValidationError) -> str:
+    problems = error.errors()
+    first = problems[0]
+    location = ".".join(str(part) for part in first["loc"] if not _UNION_TAG.match(str(part)))
+    # Unions report one error per member; name the key and show the input instead.
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif len(problems) > 1 and all(p["loc"][:1] == first["loc"][:1] for p in problems):
+        message = f"invalid value {first.get('input')!r}"
+    more = f" (and {len(problems) - 1} more problems)" if len({p['loc'][:1] for p in problems}) > 1 else ""
+    return f"{location}: {message}{more}"

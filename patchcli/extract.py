@@ -1,0 +1,433 @@
+"""The extraction pipeline: config -> subjects -> locations -> crops -> writer.
+
+Every subcommand that samples patches (``uniform``, ``weighted``, ``label``,
+``grid``) runs :func:`extract`. It first reads every subject's headers (no
+voxels) so that a bad file fails the run before any work is done, and so that
+the output's size, dtypes and patch count are known in advance. Then, one
+subject at a time, it loads the volumes once, draws all of the subject's
+locations at once and crops each patch straight into a reusable block buffer
+that is written as one block: peak memory is one subject's volumes plus one
+block, whatever the size of the run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning
+from .io.atomic import atomic_output
+from .io.hdf5 import Hdf5PatchWriter
+from .io.nifti import NiftiPatchWriter
+from .sampling import (
+    count_grid_patches,
+    grid_locations,
+    grid_padding,
+    label_locations,
+    pad_volume,
+    subject_rng,
+    uniform_locations,
+    weighted_locations,
+)
+from .sampling.geometry import Triplet, check_patch_fits
+from .subjects import SubjectSpec, load_subject, read_manifest, read_subject_headers
+from .units import parse_size
+
+SAMPLERS = ("uniform", "weighted", "label", "grid")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What a worker needs to turn a subject into locations (small and picklable)."""
+
+    sampler: str
+    patch_size: Triplet
+    seed: int
+    reader: str
+    tolerance: float
+    patch_overlap: Triplet = (0, 0, 0)
+    padding_mode: str | float | None = None
+    padding: Triplet = (0, 0, 0)
+    probability_map: str | None = None
+    label_name: str | None = None
+    label_probabilities: Mapping[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    name: str
+    type: str
+    channels: int
+    dtype: np.dtype
+
+
+@dataclass
+class ExtractionPlan:
+    """Everything known about a run before any voxel is read."""
+
+    settings: SamplingSettings
+    config: Config
+    subjects: list[SubjectSpec]
+    counts: list[int]
+    images: dict[str, ImagePlan]
+    output_path: Path
+    output_format: str
+
+    @property
+    def total_patches(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def patch_bytes(self) -> int:
+        """Bytes of one patch of every image."""
+        voxels = int(np.prod(self.settings.patch_size))
+        return sum(plan.channels * voxels * plan.dtype.itemsize for plan in self.images.values())
+
+
+@dataclass
+class PreparedSubject:
+    """A loaded subject (padded for a padded grid) and its locations."""
+
+    spec: SubjectSpec
+    volumes: dict[str, np.ndarray]
+    affine: np.ndarray
+    spatial_shape: tuple[int, int, int]
+    locations: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    path: Path
+    subjects: int
+    patches: int
+    bytes_written: int
+    seconds: float
+
+
+def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if not config.images:
+        raise ConfigError("images is required: a mapping of image name to type")
+    patch_size = config.patch_triplet
+    overlap = config.overlap_triplet
+    probability_map = label_name = None
+    if sampler == "weighted":
+        probability_map = config.probability_map
+        if probability_map is None:
+            maps = config.images_of_type("sampling_map")
+            if len(maps) != 1:
+                raise ConfigError("weighted needs probability_map: the name of the sampling image")
+            probability_map = maps[0]
+        if probability_map not in config.images:
+            raise ConfigError(
+                f"probability_map {probability_map!r} is not an image (images: {list(config.images)})"
+            )
+    if sampler == "label":
+        label_name = config.label_name
+        if label_name is None:
+            labels = config.images_of_type("label")
+            if not labels:
+                raise ConfigError("label needs an image of type label, or label_name")
+            label_name = labels[0]
+        if label_name not in config.images:
+            raise ConfigError(
+                f"label_name {label_name!r} is not an image (images: {list(config.images)})"
+            )
+    padding_mode = config.padding_mode if sampler == "grid" else None
+    return SamplingSettings(
+        sampler=sampler,
+        patch_size=patch_size,
+        seed=config.seed,
+        reader=config.reader,
+        tolerance=config.affine_tolerance,
+        patch_overlap=overlap if sampler == "grid" else (0, 0, 0),
+        padding_mode=padding_mode,
+        padding=grid_padding(overlap, padding_mode) if sampler == "grid" else (0, 0, 0),
+        probability_map=probability_map,
+        label_name=label_name,
+        label_probabilities=dict(config.label_probabilities) if sampler == "label" and config.label_probabilities else None,
+    )
+
+
+def plan_extraction(config: Config, sampler: str, subjects: list[SubjectSpec] | None = None) -> ExtractionPlan:
+    """Check the config and every subject's headers; count the patches.
+
+    Raises
+    ------
+    ConfigError, DataError
+        Before any voxel is read, for anything that would fail later.
+    """
+    settings = _sampler_settings(config, sampler)
+    if config.output.path is None:
+        raise ConfigError("output.path is required (or give --output)")
+    specs = subjects if subjects is not None else read_manifest(config.subjects, list(config.images))
+    counts: list[int] = []
+    channels: dict[str, int] = {}
+    dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
+    padded = np.array(settings.padding) * 2
+    for spec in specs:
+        headers = read_subject_headers(spec, settings.reader, settings.tolerance)
+        first = next(iter(headers.values()))
+        shape = tuple(int(n) for n in first.spatial_shape)
+        where = f"{first.path}: subject {spec.id!r}"
+        for name, header in headers.items():
+            expected = channels.setdefault(name, header.channels)
+            if header.channels != expected:
+                raise DataError(
+                    f"{header.path}: subject {spec.id!r} image {name!r} has {header.channels} "
+                    f"channels where earlier subjects have {expected}"
+                )
+            dtypes[name].append(header.dtype)
+        try:
+            if sampler == "grid":
+                counts.append(
+                    count_grid_patches(tuple(np.add(shape, padded)), settings.patch_size, settings.patch_overlap)
+                )
+            else:
+                check_patch_fits(settings.patch_size, shape)
+                count = spec.num_samples or config.num_patches
+                if count is None:
+                    raise ConfigError("num_patches is required (or a num_samples column)")
+                counts.append(int(count))
+        except DataError as error:
+            raise DataError(f"{where}: {error}") from None
+    images = {}
+    for name, spec in config.images.items():
+        if spec.type == "intensity" and config.output.dtype is not None:
+            dtype = np.dtype(config.output.dtype)
+        else:
+            dtype = np.result_type(*dtypes[name])
+        images[name] = ImagePlan(name, spec.type, channels[name], np.dtype(dtype))
+    return ExtractionPlan(
+        settings=settings,
+        config=config,
+        subjects=specs,
+        counts=counts,
+        images=images,
+        output_path=Path(config.output.path),
+        output_format=config.output.format,
+    )
+
+
+def subject_locations(settings: SamplingSettings, volumes: Mapping[str, np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
+    """Locations of one subject's patches, drawn all at once."""
+    shape = next(iter(volumes.values())).shape[1:]
+    if settings.sampler == "uniform":
+        return uniform_locations(shape, settings.patch_size, count, rng)
+    if settings.sampler == "weighted":
+        return weighted_locations(volumes[settings.probability_map], settings.patch_size, count, rng)
+    if settings.sampler == "label":
+        return label_locations(
+            volumes[settings.label_name], settings.patch_size, count, rng, settings.label_probabilities
+        )
+    return grid_locations(shape, settings.patch_size, settings.patch_overlap)
+
+
+def prepare_subject(settings: SamplingSettings, spec: SubjectSpec, count: int) -> PreparedSubject:
+    """Load a subject, pad it for a padded grid, and draw its locations.
+
+    A top-level function so that worker processes can run it.
+    """
+    subject = load_subject(spec, settings.reader, settings.tolerance)
+    volumes = subject.volumes
+    if settings.padding_mode is not None:
+        volumes = {
+            name: pad_volume(array, settings.padding, settings.padding_mode)
+            for name, array in volumes.items()
+        }
+    rng = subject_rng(settings.seed, spec.index)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PatchcliWarning)
+        try:
+            locations = subject_locations(settings, volumes, count, rng)
+        except DataError as error:
+            image = settings.probability_map or settings.label_name
+            path = spec.paths[image] if image else next(iter(spec.paths.values()))
+            raise DataError(f"{path}: subject {spec.id!r}: {error}") from None
+    messages = [
+        f"subject {spec.id!r}: {warning.message}"
+        for warning in caught
+        if issubclass(warning.category, PatchcliWarning)
+    ]
+    if len(locations) != count:
+        raise DataError(f"subject {spec.id!r}: expected {count} patches, got {len(locations)}")
+    return PreparedSubject(
+        spec=spec,
+        volumes=volumes,
+        affine=subject.affine,
+        spatial_shape=subject.spatial_shape,
+        locations=locations,
+        warnings=messages,
+    )
+
+
+def _prepared_subjects(plan: ExtractionPlan, workers: int) -> Iterator[PreparedSubject]:
+    """Prepared subjects in manifest order, loaded by ``workers`` processes if > 0.
+
+    At most ``workers + 1`` subjects are in flight, which bounds memory.
+    """
+    items = list(zip(plan.subjects, plan.counts))
+    if workers <= 0:
+        for spec, count in items:
+            yield prepare_subject(plan.settings, spec, count)
+        return
+    # spawn: the parent holds an open HDF5 file, which must not cross a fork.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        queue = iter(items)
+        for spec, count in queue:
+            pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
+            if len(pending) > workers:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for spec, count in queue:
+                pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
+                break
+
+
+def _attributes(plan: ExtractionPlan) -> dict:
+    settings = plan.settings
+    attributes = {
+        "patchcli_version": __version__,
+        "sampler": settings.sampler,
+        "config": plan.config.to_yaml(),
+        "seed": settings.seed,
+    }
+    if settings.sampler == "grid":
+        attributes["patch_overlap"] = np.asarray(settings.patch_overlap, dtype=np.int64)
+        mode = settings.padding_mode
+        attributes["padding_mode"] = "" if mode is None else str(mode)
+        attributes["padding"] = np.asarray(settings.padding, dtype=np.int64)
+    return attributes
+
+
+def extract(
+    config: Config,
+    sampler: str,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = False,
+    plan: ExtractionPlan | None = None,
+) -> ExtractionSummary:
+    """Run an extraction and write its output.
+
+    Parameters
+    ----------
+    config : Config
+    sampler : {"uniform", "weighted", "label", "grid"}
+    overwrite : bool
+        Replace an existing output.
+    progress : bool or None
+        Show a progress bar on stderr; None shows it only on a terminal.
+    plan : ExtractionPlan, optional
+        A plan already made by :func:`plan_extraction`.
+
+    Returns
+    -------
+    ExtractionSummary
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    plan = plan or plan_extraction(config, sampler)
+    path = plan.output_path
+    folder = plan.output_format == "nifti"
+    images = {name: (p.channels, p.dtype, p.type) for name, p in plan.images.items()}
+    block_patches = max(1, parse_size(config.block_size) // max(1, plan.patch_bytes))
+    block_patches = min(block_patches, max(plan.counts, default=1))
+    buffers = {
+        name: np.empty((block_patches, p.channels, *plan.settings.patch_size), dtype=p.dtype)
+        for name, p in plan.images.items()
+    }
+    bar = tqdm(
+        total=plan.total_patches,
+        unit="patch",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        with atomic_output(path, overwrite, folder=folder) as temporary:
+            if folder:
+                writer = NiftiPatchWriter(
+                    temporary, images, plan.settings.patch_size, _attributes(plan), plan.settings.padding
+                )
+            else:
+                writer = Hdf5PatchWriter(
+                    temporary,
+                    images,
+                    plan.settings.patch_size,
+                    plan.total_patches,
+                    len(plan.subjects),
+                    _attributes(plan),
+                    config.output.compression,
+                    config.output.compression_level,
+                )
+            try:
+                row = 0
+                for number, subject in enumerate(_prepared_subjects(plan, config.workers)):
+                    for message in subject.warnings:
+                        warnings.warn(message, PatchcliWarning, stacklevel=2)
+                    bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
+                    row = _write_subject(writer, subject, number, row, buffers)
+                    bar.update(len(subject.locations))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
+        bar.close()
+    written = _size_on_disk(path)
+    return ExtractionSummary(path, len(plan.subjects), plan.total_patches, written, time.perf_counter() - started)
+
+
+def _write_subject(writer, subject: PreparedSubject, number: int, row: int, buffers) -> int:
+    locations = subject.locations
+    sources = {name: str(path) for name, path in subject.spec.paths.items()}
+    writer.begin_subject(
+        subject.spec.id, subject.affine, subject.spatial_shape, sources, row, len(locations)
+    )
+    block = len(next(iter(buffers.values())))
+    for first in range(0, len(locations), block):
+        chunk = locations[first : first + block]
+        count = len(chunk)
+        corners = chunk.tolist()
+        for name, buffer in buffers.items():
+            volume = subject.volumes[name]
+            # One copy per patch, straight from the volume into the block buffer
+            # (casting there when the output dtype differs).
+            for slot, (i0, j0, k0, i1, j1, k1) in enumerate(corners):
+                buffer[slot] = volume[:, i0:i1, j0:j1, k0:k1]
+        writer.write_block(row, {name: buffer[:count] for name, buffer in buffers.items()}, chunk, number)
+        row += count
+    return row
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+    return path.stat().st_size
+
+
+__all__ = [
+    "ExtractionPlan",
+    "ExtractionSummary",
+    "PatchcliError",
+    "SAMPLERS",
+    "extract",
+    "plan_extraction",
+    "prepare_subject",
+    "subject_locations",
+]

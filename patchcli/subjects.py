@@ -1,0 +1,204 @@
+"""Subjects: the manifest (CSV or inline list) and loading a subject's images.
+
+A subject is one id with one file per image of the config. Loading reads each
+file once and checks that all images share spatial shape and affine.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .io.volumes import Header, read_header, read_volume
+
+RESERVED_COLUMNS = ("subject", "id", "num_samples")
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """A row of the manifest: where a subject's images are."""
+
+    index: int
+    id: str
+    paths: Mapping[str, Path]
+    num_samples: int | None = None
+
+
+@dataclass
+class LoadedSubject:
+    """A subject's images in memory, each ``(C, X, Y, Z)``, sharing ``affine`` and shape."""
+
+    spec: SubjectSpec
+    volumes: dict[str, np.ndarray]
+    affine: np.ndarray
+    spatial_shape: tuple[int, int, int]
+    dtypes: dict[str, np.dtype] = field(default_factory=dict)
+
+
+def check_subject_id(subject_id: str, where: str) -> str:
+    """Refuse ids that could not be a file name inside an output folder."""
+    bad = (
+        not subject_id
+        or subject_id in (".", "..")
+        or any(sep in subject_id for sep in ("/", "\\", "\0"))
+        or subject_id != subject_id.strip()
+    )
+    if bad:
+        raise DataError(
+            f"{where}: subject id {subject_id!r} is not usable as a file name "
+            "(empty, '.', '..', surrounding spaces or a path separator)"
+        )
+    return subject_id
+
+
+def _parse_num_samples(value: Any, where: str) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise DataError(f"{where}: num_samples must be a positive integer, not {value!r}") from None
+    if isinstance(value, bool) or number < 1:
+        raise DataError(f"{where}: num_samples must be a positive integer, not {value!r}")
+    return number
+
+
+def read_manifest(
+    subjects: Path | Sequence[Mapping[str, Any]] | None,
+    image_names: Sequence[str],
+) -> list[SubjectSpec]:
+    """The subjects of a run, from a CSV manifest or an inline list.
+
+    CSV: a ``subject`` column with the id, one column per image holding its
+    path (relative to the CSV file), an optional ``num_samples`` column.
+    Inline: mappings with ``id``, one key per image, optional ``num_samples``.
+
+    Raises
+    ------
+    DataError
+        Naming the file (and row) of a missing column, value or duplicate id.
+    """
+    if subjects is None:
+        raise ConfigError("subjects is required: a CSV manifest or a list of subjects")
+    if isinstance(subjects, (str, Path)):
+        rows, base, source = _read_csv(Path(subjects), image_names)
+    else:
+        rows, base, source = list(subjects), None, "subjects"
+    specs: list[SubjectSpec] = []
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows):
+        where = f"{source}: row {number + (2 if base else 1)}"
+        if not isinstance(row, Mapping):
+            raise DataError(f"{where}: each subject must be a mapping with an id and image paths")
+        subject_id = str(row.get("subject", row.get("id", "")) or "").strip()
+        if base is None:
+            unknown = set(row) - set(image_names) - {"id", "num_samples"}
+            if unknown:
+                raise DataError(
+                    f"{where}: unknown keys {sorted(unknown)}; images are {list(image_names)}"
+                )
+            if "id" not in row:
+                raise DataError(f"{where}: missing id")
+            subject_id = str(row["id"])
+        check_subject_id(subject_id, where)
+        if subject_id in seen:
+            raise DataError(f"{where}: duplicate subject id {subject_id!r}")
+        seen[subject_id] = number
+        paths = {}
+        for name in image_names:
+            value = row.get(name)
+            if value is None or not str(value).strip():
+                raise DataError(f"{where}: subject {subject_id!r} has no path for image {name!r}")
+            path = Path(os.path.expanduser(str(value).strip()))
+            paths[name] = path if path.is_absolute() or base is None else base / path
+        specs.append(
+            SubjectSpec(
+                index=number,
+                id=subject_id,
+                paths=paths,
+                num_samples=_parse_num_samples(row.get("num_samples"), where),
+            )
+        )
+    if not specs:
+        raise DataError(f"{source}: no subjects")
+    return specs
+
+
+def _read_csv(path: Path, image_names: Sequence[str]):
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: subjects manifest not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read subjects manifest ({error})") from None
+    if "subject" not in columns:
+        raise DataError(f"{path}: the manifest needs a 'subject' column (columns: {columns})")
+    missing = [name for name in image_names if name not in columns]
+    if missing:
+        raise DataError(f"{path}: no column for images {missing} (columns: {columns})")
+    return rows, path.resolve().parent, str(path)
+
+
+def read_subject_headers(spec: SubjectSpec, reader: str, tolerance: float) -> dict[str, Header]:
+    """Headers of a subject's images, checked for matching geometry (no voxels read)."""
+    headers = {name: read_header(path, reader) for name, path in spec.paths.items()}
+    check_same_geometry(
+        spec.id, {name: (h.spatial_shape, h.affine) for name, h in headers.items()}, tolerance
+    )
+    return headers
+
+
+def check_same_geometry(
+    subject_id: str,
+    geometry: Mapping[str, tuple[Sequence[int], np.ndarray]],
+    tolerance: float,
+) -> None:
+    """All images of a subject must share spatial shape and affine (within ``tolerance`` mm)."""
+    names = list(geometry)
+    first = names[0]
+    shape0, affine0 = geometry[first]
+    for name in names[1:]:
+        shape, affine = geometry[name]
+        if tuple(shape) != tuple(shape0):
+            raise DataError(
+                f"subject {subject_id!r}: images {first!r} and {name!r} differ in spatial shape: "
+                f"{tuple(int(n) for n in shape0)} vs {tuple(int(n) for n in shape)}"
+            )
+        if not np.allclose(affine, affine0, rtol=0, atol=tolerance):
+            raise DataError(
+                f"subject {subject_id!r}: images {first!r} and {name!r} differ in affine "
+                f"(tolerance {tolerance}): {_flat(affine0)} vs {_flat(affine)}"
+            )
+
+
+def _flat(affine: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in np.asarray(affine)[:3].ravel()) + "]"
+
+
+def load_subject(spec: SubjectSpec, reader: str = "auto", tolerance: float = 1e-4) -> LoadedSubject:
+    """Read every image of a subject once and check their geometry."""
+    volumes = {}
+    geometry = {}
+    for name, path in spec.paths.items():
+        volume = read_volume(path, reader)
+        volumes[name] = volume.array
+        geometry[name] = (volume.spatial_shape, volume.affine)
+    check_same_geometry(spec.id, geometry, tolerance)
+    first = next(iter(geometry.values()))
+    return LoadedSubject(
+        spec=spec,
+        volumes=volumes,
+        affine=first[1],
+        spatial_shape=tuple(int(n) for n in first[0]),  # type: ignore[arg-type]
+        dtypes={name: array.dtype for name, array in volumes.items()},
+    )
