@@ -151,7 +151,9 @@ def _header_nibabel(path: Path) -> Header:
     image = nib.load(path)
     channels, spatial = _nibabel_channels_first(tuple(image.shape), path)
     raw_dtype = image.get_data_dtype()
-    slope, inter = image.header.get_slope_inter() if hasattr(image.header, "get_slope_inter") else (None, None)
+    # nibabel moves the scaling from the header to the array proxy on load.
+    slope = getattr(image.dataobj, "slope", None)
+    inter = getattr(image.dataobj, "inter", None)
     # The dtype nibabel returns once scaled, found on a single zero, not on the voxels.
     dtype = apply_read_scaling(np.zeros(1, dtype=raw_dtype), slope, inter).dtype
     return Header(channels, spatial, np.dtype(dtype), np.asarray(image.affine, float), path)

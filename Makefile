@@ -1,0 +1,39 @@
+# patchcli: `make demo` runs a real extraction on synthetic data, `make test` runs the tests.
+# Both set up a virtual environment in .venv first (torch pinned: an unpinned
+# torch pulls several GB of CUDA packages).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+
+.PHONY: install demo test bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/patchcli phantom demo/data --subjects 4 --overwrite
+	$(BIN)/patchcli uniform configs/uniform.yaml --overwrite
+	$(BIN)/patchcli weighted configs/weighted.yaml --overwrite
+	$(BIN)/patchcli label configs/label.yaml --overwrite
+	$(BIN)/patchcli grid configs/grid.yaml --overwrite
+	$(BIN)/patchcli grid configs/grid.yaml --format nifti --output demo/out/grid_nifti --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	mkdir -p bench/results
+	$(BIN)/python bench/bench_extract.py --subjects 4 --out-json bench/results/extract.json
+
+lint: install
+	$(BIN)/ruff check patchcli tests bench
+
+clean:
+	rm -rf demo bench/results .pytest_cache

@@ -1,0 +1,95 @@
+"""The config schema: overrides, relative paths, one-line errors, safe YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchcli.config import load_config
+from patchcli.errors import ConfigError
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_paths_in_the_file_are_relative_to_the_file(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    config = load_config(
+        _write(folder / "c.yaml", "subjects: ../data/s.csv\noutput: {path: out/p.h5}\n")
+    )
+    assert config.subjects == tmp_path / "data" / "s.csv"
+    assert config.output.path == folder / "out" / "p.h5"
+
+
+def test_option_overrides_win_and_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path / "c.yaml", "seed: 1\npatch_size: 8\noutput: a.h5\n")
+    config = load_config(path, {"seed": 5, "output.path": "b.h5", "patch_size": None})
+    assert config.seed == 5
+    assert config.patch_size == 8  # None means "option not given"
+    assert config.output.path == tmp_path / "b.h5"
+
+
+def test_image_shorthand_and_geometry(tmp_path):
+    path = _write(
+        tmp_path / "c.yaml",
+        "images:\n  t1: intensity\n  seg: {type: label, shape: [10, 11, 12], dtype: uint8}\n",
+    )
+    config = load_config(path)
+    assert config.images["t1"].type == "intensity"
+    assert config.images["seg"].shape == (10, 11, 12)
+    assert config.images["seg"].dtype == "uint8"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("patch_size: [1, 2]\n", "patch_size: invalid value"),
+        ("patch_size: 0\n", "patch_size: patch_size values must be at least 1"),
+        ("patch_size: 1.5\n", "patch_size"),
+        ("patch_overlap: [2, 2, -2]\n", "patch_overlap"),
+        ("unknown_key: 1\n", "unknown_key: unknown key"),
+        ("images: {t1: pet}\n", "images.t1.type"),
+        ("output: {format: png}\n", "output.format"),
+        ("output: {dtype: str}\n", "output.dtype: dtype must be numeric"),
+        ("padding_mode: banana\n", "padding_mode"),
+        ("seed: -1\n", "seed"),
+        ("num_patches: 0\n", "num_patches"),
+        ("[1, 2]\n", "the config must be a mapping"),
+        ("a: [\n", "invalid YAML at line"),
+    ],
+)
+def test_errors_are_one_line_and_name_file_and_key(tmp_path, text, message):
+    path = _write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert text.startswith(str(path))
+    assert message in text
+    assert "\n" not in text
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    # A python tag would run code under yaml.load; safe_load refuses it.
+    path = _write(tmp_path / "evil.yaml", "seed: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    path = _write(
+        tmp_path / "c.yaml",
+        "patch_size: [4, 5, 6]\nlabel_probabilities: {0: 1, 3: 2.5}\noutput: o.h5\n",
+    )
+    config = load_config(path)
+    again = load_config(_write(tmp_path / "again.yaml", config.to_yaml()))
+    assert again == config
