@@ -269,3 +269,27 @@ def test_label_warns_about_an_absent_label(tmp_path, dataset):
     messages = [str(w.message) for w in caught if issubclass(w.category, PatchcliWarning)]
     assert len(messages) == 3
     assert all("label 7" in message and "subject 's" in message for message in messages)
+
+
+def test_peak_memory_is_one_subject_plus_one_block(tmp_path, dataset):
+    """Writing streams: memory does not grow with the number of patches.
+
+    numpy reports its allocations to tracemalloc. 3 subjects x 2000 patches of
+    8x6x5 voxels of three images (2 + 1 + 4 bytes) is 5 MiB of patches; with a
+    64 KiB block the peak must stay far below that. The bound (2 MiB) leaves room
+    for the volumes (~60 KiB each), locations, and h5py's Python-side objects.
+    """
+    import tracemalloc
+
+    manifest, _ = dataset
+    config = _config(tmp_path, manifest, num_patches=2000, block_size="64KiB",
+                     output={"compression": "none"})
+    tracemalloc.start()
+    try:
+        summary = extract(config, "uniform")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    patch_bytes = summary.patches * 8 * 6 * 5 * (2 + 1 + 4)
+    assert patch_bytes > 5 * 2**20
+    assert peak < 2 * 2**20, f"peak {peak} bytes"

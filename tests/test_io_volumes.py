@@ -118,3 +118,51 @@ def test_unknown_reader_is_refused(tmp_path):
     path = _save(tmp_path / "a.nii", np.zeros((2, 2, 2), np.uint8))
     with pytest.raises(DataError, match="unknown reader"):
         read_volume(path, "itk")
+
+
+def _write_dicom_series(folder, data, spacing=(0.8, 0.9, 2.5), origin=(-30.0, 12.0, 40.0)):
+    """Write a (X, Y, Z) int16 volume as one DICOM file per slice."""
+    folder.mkdir()
+    volume = sitk.GetImageFromArray(data.T)  # sitk arrays are (z, y, x)
+    volume.SetSpacing(spacing)
+    volume.SetOrigin(origin)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1"
+    for k in range(data.shape[2]):
+        image = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "MR",
+            "0020|000d": series + ".0",
+            "0020|000e": series + ".1",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.6f}" for p in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": str(spacing[2]),
+            "0008|0018": f"{series}.2.{k + 1}",
+        }.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(image)
+
+
+def test_dicom_series_folder(tmp_path):
+    data = np.random.default_rng(3).integers(0, 1000, (6, 5, 4)).astype(np.int16)
+    folder = tmp_path / "series"
+    _write_dicom_series(folder, data)
+    assert choose_reader(folder) == "sitk"
+    volume = read_volume(folder)
+    assert volume.array.shape == (1, 6, 5, 4)
+    np.testing.assert_array_equal(volume.array[0], data)
+    # LPS origin (-30, 12, 40) is RAS (30, -12, 40); zooms on the diagonal, with flips.
+    np.testing.assert_allclose(volume.affine[:3, 3], [30.0, -12.0, 40.0], atol=1e-4)
+    np.testing.assert_allclose(np.diag(volume.affine)[:3], [-0.8, -0.9, 2.5], atol=1e-4)
+    header = read_header(folder)
+    assert header.spatial_shape == (6, 5, 4) and header.dtype == np.int16
+
+
+def test_folder_without_dicom_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no DICOM series"):
+        read_volume(tmp_path / "empty")
