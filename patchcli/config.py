@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .sampling.geometry import Triplet, to_triplet
 from .sampling.grid import check_padding_mode
 
+Probability = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 ImageType = Literal["intensity", "label", "sampling_map"]
 Compression = Literal["none", "gzip", "lz4", "zstd"]
 #: The default compression, chosen from bench/bench_compression.py (docs/format.md).
@@ -84,7 +85,7 @@ class Config(_Strict):
     num_patches: int | None = Field(default=None, ge=1)
     probability_map: str | None = None
     label_name: str | None = None
-    label_probabilities: dict[int, float] | None = None
+    label_probabilities: dict[int, Probability] | None = None
     patch_overlap: int | tuple[int, int, int] = 0
     padding_mode: str | float | None = None
     seed: int = Field(default=0, ge=0)

@@ -93,3 +93,10 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     config = load_config(path)
     again = load_config(_write(tmp_path / "again.yaml", config.to_yaml()))
     assert again == config
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-1"])
+def test_label_probabilities_must_be_finite_and_non_negative(tmp_path, value):
+    path = _write(tmp_path / "c.yaml", f"label_probabilities: {{1: {value}, 2: 1}}\n")
+    with pytest.raises(ConfigError, match="label_probabilities.1"):
+        load_config(path)

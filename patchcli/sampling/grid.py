@@ -131,4 +131,13 @@ def pad_volume(volume: np.ndarray, padding: Triplet, padding_mode: PaddingMode) 
         constant = statistic(volume)
     else:
         constant = padding_mode
+        if volume.dtype.kind in "iub":
+            low, high = (0, 1) if volume.dtype.kind == "b" else (
+                np.iinfo(volume.dtype).min, np.iinfo(volume.dtype).max
+            )
+            # np.pad would wrap the constant around silently (uint8: -1 pads 255).
+            if not low <= constant <= high:
+                raise DataError(
+                    f"padding constant {constant} does not fit the image's dtype {volume.dtype}"
+                )
     return np.pad(volume, widths, mode="constant", constant_values=constant)

@@ -8,6 +8,7 @@ usually the background.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 
@@ -87,11 +88,15 @@ def label_candidates(
             foreground = inside[0] > 0
         return region, region_shape, np.flatnonzero(foreground), None
 
-    probabilities = {int(key): float(value) for key, value in label_probabilities.items()}
+    # Sorted by key, so that the draws do not depend on the order the keys were written in.
+    probabilities = {
+        int(key): float(label_probabilities[key]) for key in sorted(label_probabilities)
+    }
     total = sum(probabilities.values())
-    if any(value < 0 for value in probabilities.values()) or total <= 0:
+    valid = all(math.isfinite(value) and value >= 0 for value in probabilities.values())
+    if not valid or total <= 0:
         raise DataError(
-            f"label_probabilities must be non-negative with a positive sum, not {probabilities}"
+            f"label_probabilities must be finite and non-negative with a positive sum, not {probabilities}"
         )
     if multichannel:
         return region, region_shape, *_channel_candidates(

@@ -43,7 +43,8 @@ def draw_from_candidates(
     """
     if weights is None:
         return flat_indices[rng.integers(0, len(flat_indices), size=num_draws)]
-    cdf = np.cumsum(weights, dtype=np.float64)
+    # Scaled by the largest weight so that huge finite values cannot overflow the sum.
+    cdf = np.cumsum(weights / weights.max(), dtype=np.float64)
     draws = (1.0 - rng.random(num_draws)) * cdf[-1]
     positions = np.searchsorted(cdf, draws, side="left")
     return flat_indices[positions]
