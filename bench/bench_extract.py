@@ -69,7 +69,9 @@ def run_torchio(manifest: Path, output: Path) -> tuple[float, float]:
     with h5py.File(output, "w") as file:
         datasets = {
             name: file.create_dataset(
-                f"patches/{name}", (total, 1, PATCH, PATCH, PATCH), np.uint8,
+                f"patches/{name}",
+                (total, 1, PATCH, PATCH, PATCH),
+                np.uint8,
                 chunks=(1, 1, PATCH, PATCH, PATCH),
             )
             for name in IMAGES
@@ -98,7 +100,9 @@ def run_write_limit(output: Path, subjects: int) -> float:
     with h5py.File(output, "w") as file:
         datasets = {
             name: file.create_dataset(
-                f"patches/{name}", (PATCHES * subjects, 1, PATCH, PATCH, PATCH), np.uint8,
+                f"patches/{name}",
+                (PATCHES * subjects, 1, PATCH, PATCH, PATCH),
+                np.uint8,
                 chunks=(1, 1, PATCH, PATCH, PATCH),
             )
             for name in IMAGES
@@ -140,22 +144,27 @@ def main() -> None:
         n = args.subjects
         results: dict[str, float] = {}
         results["load volumes only"] = best_of(lambda: run_load_only(manifest), args.repeats) / n
-        results["h5py block write (limit)"] = best_of(
-            lambda: run_write_limit(work / "limit.h5", n), args.repeats
-        ) / n
+        results["h5py block write (limit)"] = (
+            best_of(lambda: run_write_limit(work / "limit.h5", n), args.repeats) / n
+        )
         for compression in ("none", "lz4", "zstd", "gzip"):
             out = work / f"patchcli-{compression}.h5"
             seconds = min(run_patchcli(manifest, out, compression) for _ in range(args.repeats))
             results[f"patchcli ({compression})"] = seconds / n
             results[f"patchcli ({compression}) MiB/subject"] = out.stat().st_size / n / 2**20
-        seconds = min(run_patchcli(manifest, work / "w.h5", "none", workers=2) for _ in range(args.repeats))
+        seconds = min(
+            run_patchcli(manifest, work / "w.h5", "none", workers=2) for _ in range(args.repeats)
+        )
         results["patchcli (none, --workers 2)"] = seconds / n
         if not args.no_torchio:
             times = [run_torchio(manifest, work / "tio.h5") for _ in range(args.repeats)]
             results["torchio + h5py"] = min(t for t, _ in times) / n
             results["torchio import (once)"] = times[0][1]
         width = max(map(len, results))
-        print(f"{args.subjects} subjects of 197x233x189, 3 uint8 images, {PATCHES} patches of {PATCH}^3")
+        print(
+            f"{args.subjects} subjects of 197x233x189, 3 uint8 images, "
+            f"{PATCHES} patches of {PATCH}^3"
+        )
         for name, value in results.items():
             unit = "" if "MiB" in name else " s/subject" if "import" not in name else " s"
             print(f"  {name:<{width}}  {value:8.3f}{unit}")

@@ -15,7 +15,9 @@ from patchcli.phantom import make_phantom, phantom_affine
 REAL_SHAPE = (197, 233, 189)
 
 
-def write_uint8_subjects(folder: Path, num_subjects: int, shape=REAL_SHAPE, compressed=True) -> Path:
+def write_uint8_subjects(
+    folder: Path, num_subjects: int, shape=REAL_SHAPE, compressed=True
+) -> Path:
     """Subjects with three uint8 images (t1, seg, mask) and a manifest; returns the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -254,7 +254,11 @@ def _resolve_subject_paths(entry: Any, base: Path) -> Any:
     if not isinstance(entry, dict):
         return entry
     return {
-        key: (str(_resolve(value, base)) if key not in ("id", "num_samples") and isinstance(value, str) else value)
+        key: (
+            str(_resolve(value, base))
+            if key not in ("id", "num_samples") and isinstance(value, str)
+            else value
+        )
         for key, value in entry.items()
     }
 
@@ -273,5 +277,9 @@ def _first_problem(error: ValidationError) -> str:
         message = "unknown key"
     elif len(problems) > 1 and all(p["loc"][:1] == first["loc"][:1] for p in problems):
         message = f"invalid value {first.get('input')!r}"
-    more = f" (and {len(problems) - 1} more problems)" if len({p['loc'][:1] for p in problems}) > 1 else ""
+    more = (
+        f" (and {len(problems) - 1} more problems)"
+        if len({p["loc"][:1] for p in problems}) > 1
+        else ""
+    )
     return f"{location}: {message}{more}"

@@ -132,7 +132,8 @@ def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
             probability_map = maps[0]
         if probability_map not in config.images:
             raise ConfigError(
-                f"probability_map {probability_map!r} is not an image (images: {list(config.images)})"
+                f"probability_map {probability_map!r} is not an image "
+                f"(images: {list(config.images)})"
             )
     if sampler == "label":
         label_name = config.label_name
@@ -157,11 +158,15 @@ def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
         padding=grid_padding(overlap, padding_mode) if sampler == "grid" else (0, 0, 0),
         probability_map=probability_map,
         label_name=label_name,
-        label_probabilities=dict(config.label_probabilities) if sampler == "label" and config.label_probabilities else None,
+        label_probabilities=dict(config.label_probabilities)
+        if sampler == "label" and config.label_probabilities
+        else None,
     )
 
 
-def plan_extraction(config: Config, sampler: str, subjects: list[SubjectSpec] | None = None) -> ExtractionPlan:
+def plan_extraction(
+    config: Config, sampler: str, subjects: list[SubjectSpec] | None = None
+) -> ExtractionPlan:
     """Check the config and every subject's headers; count the patches.
 
     Raises
@@ -172,7 +177,9 @@ def plan_extraction(config: Config, sampler: str, subjects: list[SubjectSpec] | 
     settings = _sampler_settings(config, sampler)
     if config.output.path is None:
         raise ConfigError("output.path is required (or give --output)")
-    specs = subjects if subjects is not None else read_manifest(config.subjects, list(config.images))
+    specs = (
+        subjects if subjects is not None else read_manifest(config.subjects, list(config.images))
+    )
     counts: list[int] = []
     channels: dict[str, int] = {}
     dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
@@ -193,7 +200,9 @@ def plan_extraction(config: Config, sampler: str, subjects: list[SubjectSpec] | 
         try:
             if sampler == "grid":
                 counts.append(
-                    count_grid_patches(tuple(np.add(shape, padded)), settings.patch_size, settings.patch_overlap)
+                    count_grid_patches(
+                        tuple(np.add(shape, padded)), settings.patch_size, settings.patch_overlap
+                    )
                 )
             else:
                 check_patch_fits(settings.patch_size, shape)
@@ -221,16 +230,27 @@ def plan_extraction(config: Config, sampler: str, subjects: list[SubjectSpec] | 
     )
 
 
-def subject_locations(settings: SamplingSettings, volumes: Mapping[str, np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
+def subject_locations(
+    settings: SamplingSettings,
+    volumes: Mapping[str, np.ndarray],
+    count: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Locations of one subject's patches, drawn all at once."""
     shape = next(iter(volumes.values())).shape[1:]
     if settings.sampler == "uniform":
         return uniform_locations(shape, settings.patch_size, count, rng)
     if settings.sampler == "weighted":
-        return weighted_locations(volumes[settings.probability_map], settings.patch_size, count, rng)
+        return weighted_locations(
+            volumes[settings.probability_map], settings.patch_size, count, rng
+        )
     if settings.sampler == "label":
         return label_locations(
-            volumes[settings.label_name], settings.patch_size, count, rng, settings.label_probabilities
+            volumes[settings.label_name],
+            settings.patch_size,
+            count,
+            rng,
+            settings.label_probabilities,
         )
     return grid_locations(shape, settings.patch_size, settings.patch_overlap)
 
@@ -365,7 +385,11 @@ def extract(
         with atomic_output(path, overwrite, folder=folder) as temporary:
             if folder:
                 writer = NiftiPatchWriter(
-                    temporary, images, plan.settings.patch_size, _attributes(plan), plan.settings.padding
+                    temporary,
+                    images,
+                    plan.settings.patch_size,
+                    _attributes(plan),
+                    plan.settings.padding,
                 )
             else:
                 writer = Hdf5PatchWriter(
@@ -393,7 +417,9 @@ def extract(
     finally:
         bar.close()
     written = _size_on_disk(path)
-    return ExtractionSummary(path, len(plan.subjects), plan.total_patches, written, time.perf_counter() - started)
+    return ExtractionSummary(
+        path, len(plan.subjects), plan.total_patches, written, time.perf_counter() - started
+    )
 
 
 def _write_subject(writer, subject: PreparedSubject, number: int, row: int, buffers) -> int:
@@ -413,7 +439,9 @@ def _write_subject(writer, subject: PreparedSubject, number: int, row: int, buff
             # (casting there when the output dtype differs).
             for slot, (i0, j0, k0, i1, j1, k1) in enumerate(corners):
                 buffer[slot] = volume[:, i0:i1, j0:j1, k0:k1]
-        writer.write_block(row, {name: buffer[:count] for name, buffer in buffers.items()}, chunk, number)
+        writer.write_block(
+            row, {name: buffer[:count] for name, buffer in buffers.items()}, chunk, number
+        )
         row += count
     return row
 

@@ -38,7 +38,9 @@ def make_phantom(
     )
     centre = rng.uniform(-0.05, 0.05, size=3).astype(np.float32)
     radii = rng.uniform(0.8, 0.92, size=3).astype(np.float32)
-    distance = np.sqrt((((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0))
+    distance = np.sqrt(
+        (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0)
+    )
     seg = np.zeros(shape, dtype=np.uint8)
     seg[distance < 1.0] = LABELS["head"]
     seg[distance < 0.82] = LABELS["brain"]

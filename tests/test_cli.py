@@ -63,8 +63,21 @@ def test_each_sampler_runs_and_prints_a_summary(tmp_path, config_path, sampler):
 def test_options_override_config_keys(tmp_path, config_path):
     output = tmp_path / "o.h5"
     result = invoke(
-        "label", config_path, "--output", output, "--patch-size", "4,6,8", "--num-patches", 3,
-        "--seed", 9, "--label-probabilities", "1:1,2:3", "--compression", "none", "-q",
+        "label",
+        config_path,
+        "--output",
+        output,
+        "--patch-size",
+        "4,6,8",
+        "--num-patches",
+        3,
+        "--seed",
+        9,
+        "--label-probabilities",
+        "1:1,2:3",
+        "--compression",
+        "none",
+        "-q",
     )
     assert result.exit_code == 0, result.output
     with h5py.File(output) as file:
@@ -99,7 +112,9 @@ def test_usage_errors_exit_2(config_path):
 
 
 def test_debug_shows_the_traceback(tmp_path, config_path):
-    result = invoke("uniform", config_path, "--patch-size", 40, "--debug", "--output", tmp_path / "x.h5")
+    result = invoke(
+        "uniform", config_path, "--patch-size", 40, "--debug", "--output", tmp_path / "x.h5"
+    )
     assert result.exit_code == 1
     assert result.exception is not None and type(result.exception).__name__ == "DataError"
 
@@ -114,13 +129,23 @@ def test_existing_output_needs_overwrite(tmp_path, config_path):
 
 def test_nifti_format_option(tmp_path, config_path):
     output = tmp_path / "grid_dir"
-    result = invoke("grid", config_path, "--format", "nifti", "--output", output, "--padding-mode", 0, "-q")
+    result = invoke(
+        "grid", config_path, "--format", "nifti", "--output", output, "--padding-mode", 0, "-q"
+    )
     assert result.exit_code == 0, result.output
     assert (output / "patches.csv").exists()
 
 
 def test_label_warning_is_one_line_on_stderr(tmp_path, config_path):
-    result = invoke("label", config_path, "--label-probabilities", "1:1,9:1", "--output", tmp_path / "w.h5", "-q")
+    result = invoke(
+        "label",
+        config_path,
+        "--label-probabilities",
+        "1:1,9:1",
+        "--output",
+        tmp_path / "w.h5",
+        "-q",
+    )
     assert result.exit_code == 0
     warning_lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warning_lines) == 2 and all("label 9" in line for line in warning_lines)
@@ -153,5 +178,7 @@ def test_cli_does_not_import_torch():
         "import patchcli.extract, patchcli.config; "
         "print('torch' in sys.modules)"
     )
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert output.stdout.strip() == "False"

@@ -66,7 +66,11 @@ def test_hdf5_patches_equal_crops_of_the_sources(tmp_path, dataset, sampler):
             assert dataset_.attrs["type"] == IMAGES[name]
         for row in range(summary.patches):
             subject = ids[subject_index[row]]
-            assert starts[subject_index[row]] <= row < starts[subject_index[row]] + counts[subject_index[row]]
+            assert (
+                starts[subject_index[row]]
+                <= row
+                < starts[subject_index[row]] + counts[subject_index[row]]
+            )
             for name in IMAGES:
                 expected = _crop(arrays[subject][name], locations[row])
                 np.testing.assert_array_equal(file[f"patches/{name}"][row, 0], expected)
@@ -282,8 +286,9 @@ def test_peak_memory_is_one_subject_plus_one_block(tmp_path, dataset):
     import tracemalloc
 
     manifest, _ = dataset
-    config = _config(tmp_path, manifest, num_patches=2000, block_size="64KiB",
-                     output={"compression": "none"})
+    config = _config(
+        tmp_path, manifest, num_patches=2000, block_size="64KiB", output={"compression": "none"}
+    )
     tracemalloc.start()
     try:
         summary = extract(config, "uniform")

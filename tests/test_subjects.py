@@ -17,7 +17,9 @@ def _csv(path, text):
 
 
 def test_csv_manifest_paths_are_relative_to_the_csv(tmp_path):
-    manifest = _csv(tmp_path / "s.csv", "subject,t1,num_samples\na,img/a.nii.gz,3\nb,/abs/b.nii.gz,\n")
+    manifest = _csv(
+        tmp_path / "s.csv", "subject,t1,num_samples\na,img/a.nii.gz,3\nb,/abs/b.nii.gz,\n"
+    )
     specs = read_manifest(manifest, ["t1"])
     assert [s.id for s in specs] == ["a", "b"]
     assert specs[0].paths["t1"] == tmp_path / "img" / "a.nii.gz"

@@ -57,9 +57,9 @@ def run_command(function: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             warnings.showwarning = previous
 
-    return click.option(
-        "--debug", is_flag=True, help="Show the full traceback of an error."
-    )(wrapper)
+    return click.option("--debug", is_flag=True, help="Show the full traceback of an error.")(
+        wrapper
+    )
 
 
 class TripletType(click.ParamType):

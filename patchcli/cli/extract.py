@@ -17,11 +17,23 @@ from .common import (
 
 # Options shared by the four samplers: name -> (config key, click kwargs).
 COMMON_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--subjects", "subjects", dict(type=click.Path(dir_okay=False), help="Subjects CSV manifest.")),
+    (
+        "--subjects",
+        "subjects",
+        dict(type=click.Path(dir_okay=False), help="Subjects CSV manifest."),
+    ),
     ("--patch-size", "patch_size", dict(type=TripletType(), help="Patch size: N or X,Y,Z.")),
     ("--seed", "seed", dict(type=click.IntRange(min=0), help="Random seed.")),
-    ("--output", "output.path", dict(type=click.Path(), help="Output file (hdf5) or folder (nifti).")),
-    ("--format", "output.format", dict(type=click.Choice(["hdf5", "nifti"]), help="Output format.")),
+    (
+        "--output",
+        "output.path",
+        dict(type=click.Path(), help="Output file (hdf5) or folder (nifti)."),
+    ),
+    (
+        "--format",
+        "output.format",
+        dict(type=click.Choice(["hdf5", "nifti"]), help="Output format."),
+    ),
     (
         "--compression",
         "output.compression",
@@ -29,7 +41,11 @@ COMMON_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("--compression-level", "output.compression_level", dict(type=int, help="Compression level.")),
     ("--dtype", "output.dtype", dict(help="Cast intensity images to this dtype, e.g. float32.")),
-    ("--reader", "reader", dict(type=click.Choice(["auto", "nibabel", "sitk"]), help="Image reader.")),
+    (
+        "--reader",
+        "reader",
+        dict(type=click.Choice(["auto", "nibabel", "sitk"]), help="Image reader."),
+    ),
     ("--workers", "workers", dict(type=click.IntRange(min=0), help="Processes loading subjects.")),
     ("--block-size", "block_size", dict(help="Bytes of patches written at once, e.g. 64MiB.")),
 ]
@@ -50,7 +66,11 @@ SAMPLER_OPTIONS = {
         ),
     ],
     "grid": [
-        ("--patch-overlap", "patch_overlap", dict(type=TripletType(), help="Even overlap: N or X,Y,Z.")),
+        (
+            "--patch-overlap",
+            "patch_overlap",
+            dict(type=TripletType(), help="Even overlap: N or X,Y,Z."),
+        ),
         (
             "--padding-mode",
             "padding_mode",

@@ -9,8 +9,12 @@ from .common import TripletType, run_command
 
 @click.command()
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--subjects", "num_subjects", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--shape", type=TripletType(), default="64,72,56", show_default=True, help="Volume size.")
+@click.option(
+    "--subjects", "num_subjects", type=click.IntRange(min=1), default=4, show_default=True
+)
+@click.option(
+    "--shape", type=TripletType(), default="64,72,56", show_default=True, help="Volume size."
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing phantom folder.")
 @run_command

@@ -25,7 +25,11 @@ def compression_options(compression: str, level: int | None = None) -> dict[str,
     if compression == "none":
         return {}
     if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 4 if level is None else level, "shuffle": True}
+        return {
+            "compression": "gzip",
+            "compression_opts": 4 if level is None else level,
+            "shuffle": True,
+        }
     if compression in ("lz4", "zstd"):
         import hdf5plugin
 
@@ -97,7 +101,9 @@ class Hdf5PatchWriter:
             dataset.attrs["type"] = image_type
             self.patches[name] = dataset
         self.locations = self.file.create_dataset("locations", (num_patches, 6), dtype=np.int64)
-        self.subject_index = self.file.create_dataset("subject_index", (num_patches,), dtype=np.int64)
+        self.subject_index = self.file.create_dataset(
+            "subject_index", (num_patches,), dtype=np.int64
+        )
         self.num_subjects = num_subjects
         self._subjects: list[dict[str, Any]] = []
 
@@ -150,8 +156,12 @@ class Hdf5PatchWriter:
         group.create_dataset(
             "shape", data=np.array([r["shape"] for r in rows], dtype=np.int64).reshape(len(rows), 3)
         )
-        group.create_dataset("patch_start", data=np.array([r["patch_start"] for r in rows], np.int64))
-        group.create_dataset("patch_count", data=np.array([r["patch_count"] for r in rows], np.int64))
+        group.create_dataset(
+            "patch_start", data=np.array([r["patch_start"] for r in rows], np.int64)
+        )
+        group.create_dataset(
+            "patch_count", data=np.array([r["patch_count"] for r in rows], np.int64)
+        )
         sources = group.create_group("source")
         for name in self.image_names:
             sources.create_dataset(

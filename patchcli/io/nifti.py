@@ -67,7 +67,9 @@ class NiftiPatchWriter:
         self.config_text = attributes.get("config", "")
         self._stream = open(self.folder / CSV_NAME, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._stream)
-        self._csv.writerow(["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *self.image_names])
+        self._csv.writerow(
+            ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *self.image_names]
+        )
         self._subjects: list[dict[str, Any]] = []
         self._subject: dict[str, Any] | None = None
 

@@ -72,9 +72,7 @@ def valid_centre_box(spatial_shape: Sequence[int], patch_size: Triplet) -> tuple
     >>> valid_centre_box((7, 7, 7), (5, 4, 1))
     (slice(2, 5, None), slice(2, 6, None), slice(0, 7, None))
     """
-    return tuple(
-        slice(p // 2, n - (p - 1) // 2) for n, p in zip(spatial_shape, patch_size)
-    )
+    return tuple(slice(p // 2, n - (p - 1) // 2) for n, p in zip(spatial_shape, patch_size))
 
 
 def starts_to_locations(starts: np.ndarray, patch_size: Triplet) -> np.ndarray:

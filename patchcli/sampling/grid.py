@@ -27,7 +27,9 @@ PaddingMode = str | float | None
 
 def check_padding_mode(padding_mode: PaddingMode) -> PaddingMode:
     """Return ``padding_mode`` if valid (None, a number or a known mode name)."""
-    if padding_mode is None or (isinstance(padding_mode, Real) and not isinstance(padding_mode, bool)):
+    if padding_mode is None or (
+        isinstance(padding_mode, Real) and not isinstance(padding_mode, bool)
+    ):
         return padding_mode
     if isinstance(padding_mode, str) and padding_mode in PADDING_MODES:
         return padding_mode
@@ -132,8 +134,10 @@ def pad_volume(volume: np.ndarray, padding: Triplet, padding_mode: PaddingMode) 
     else:
         constant = padding_mode
         if volume.dtype.kind in "iub":
-            low, high = (0, 1) if volume.dtype.kind == "b" else (
-                np.iinfo(volume.dtype).min, np.iinfo(volume.dtype).max
+            low, high = (
+                (0, 1)
+                if volume.dtype.kind == "b"
+                else (np.iinfo(volume.dtype).min, np.iinfo(volume.dtype).max)
             )
             # np.pad would wrap the constant around silently (uint8: -1 pads 255).
             if not low <= constant <= high:

@@ -96,12 +96,11 @@ def label_candidates(
     valid = all(math.isfinite(value) and value >= 0 for value in probabilities.values())
     if not valid or total <= 0:
         raise DataError(
-            f"label_probabilities must be finite and non-negative with a positive sum, not {probabilities}"
+            "label_probabilities must be finite and non-negative with a positive sum, "
+            f"not {probabilities}"
         )
     if multichannel:
-        return region, region_shape, *_channel_candidates(
-            label_map, inside, probabilities, total
-        )
+        return region, region_shape, *_channel_candidates(label_map, inside, probabilities, total)
     return region, region_shape, *_value_candidates(label_map, inside[0], probabilities, total)
 
 
@@ -185,9 +184,8 @@ def label_locations(
     )
     if flat_indices.size == 0:
         raise DataError(
-            "no labelled voxel can be a patch centre: " + EMPTY_MAP_HINT.format(
-                patch_size=tuple(patch_size)
-            )
+            "no labelled voxel can be a patch centre: "
+            + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
         )
     drawn = draw_from_candidates(flat_indices, weights, num_patches, rng)
     return centres_to_locations(drawn, region, region_shape, patch_size)
