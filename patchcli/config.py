@@ -95,6 +95,7 @@ class Config(_Strict):
     workers: int = Field(default=0, ge=0)
     output: OutputSpec = Field(default_factory=OutputSpec)
     # Queue settings (queue-sim, memory), TorchIO's names.
+    sampler: Literal["uniform", "weighted", "label", "grid"] = "uniform"
     max_length: int | None = Field(default=None, ge=1)
     samples_per_volume: int | None = Field(default=None, ge=1)
     num_workers: int = Field(default=0, ge=0)

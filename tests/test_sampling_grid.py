@@ -317,7 +317,9 @@ def test_padding_modes_cover_torchios():
         assert mode in PADDING_MODES
 
 
-@pytest.mark.parametrize("dtype, constant", [(np.uint8, -1), (np.uint8, 300), (np.int16, 40000), (bool, 2)])
+@pytest.mark.parametrize(
+    "dtype, constant", [(np.uint8, -1), (np.uint8, 300), (np.int16, 40000), (bool, 2)]
+)
 def test_padding_constant_that_does_not_fit_the_dtype_is_refused(dtype, constant):
     with pytest.raises(DataError, match="does not fit"):
         pad_volume(np.zeros((1, 3, 3, 3), dtype), (1, 1, 1), constant)

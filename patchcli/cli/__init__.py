@@ -31,9 +31,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import extract, phantom
+    from . import aggregate, extract, memory, phantom, queue_sim
 
-    for command in (*extract.COMMANDS, phantom.phantom):
+    for command in (
+        *extract.COMMANDS,
+        aggregate.aggregate,
+        queue_sim.queue_sim,
+        memory.memory,
+        phantom.phantom,
+    ):
         main.add_command(command)
 
 

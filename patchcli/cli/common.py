@@ -125,3 +125,27 @@ def echo_summary(text: str) -> None:
 
 def environment_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
+# An option that overrides a config key: (option name, config key, click keyword arguments).
+ConfigOption = tuple[str, str, dict[str, Any]]
+
+
+def with_config_options(options: list[ConfigOption]) -> Callable[[Callable], Callable]:
+    """Add an option per config key (all default to None: "not given")."""
+
+    def decorate(function: Callable) -> Callable:
+        for option, _, kwargs in reversed(options):
+            function = click.option(option, default=None, **kwargs)(function)
+        return function
+
+    return decorate
+
+
+def config_overrides(options: list[ConfigOption], values: dict[str, Any]) -> dict[str, Any]:
+    """Config key -> value of the options among ``values`` (popped from it)."""
+    overrides = {}
+    for option, key, _ in options:
+        name = option.split("/")[0].lstrip("-").replace("-", "_")
+        overrides[key] = values.pop(name, None)
+    return overrides

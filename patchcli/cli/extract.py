@@ -7,16 +7,19 @@ from typing import Any
 import click
 
 from .common import (
+    ConfigOption,
     PaddingModeType,
     ProbabilitiesType,
     TripletType,
+    config_overrides,
     echo_summary,
     run_command,
     show_progress,
+    with_config_options,
 )
 
 # Options shared by the four samplers: name -> (config key, click kwargs).
-COMMON_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
+COMMON_OPTIONS: list[ConfigOption] = [
     (
         "--subjects",
         "subjects",
@@ -109,9 +112,7 @@ def _make_command(sampler: str) -> click.Command:
         from ..extract import extract
         from ..units import format_bytes
 
-        keys = {option.lstrip("-").replace("-", "_"): key for option, key, _ in options}
-        overrides = {keys[name]: value for name, value in values.items()}
-        loaded = load_config(config, overrides)
+        loaded = load_config(config, config_overrides(options, values))
         result = extract(loaded, sampler, overwrite=overwrite, progress=show_progress(quiet))
         echo_summary(
             f"{sampler}: {result.patches} patches from {result.subjects} subjects, "
@@ -120,8 +121,7 @@ def _make_command(sampler: str) -> click.Command:
         )
 
     command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}"
-    for option, _, kwargs in reversed(options):
-        command = click.option(option, default=None, **kwargs)(command)
+    command = with_config_options(options)(command)
     command = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(command)
     command = click.option("--overwrite", is_flag=True, help="Replace an existing output.")(command)
     command = click.argument("config", type=click.Path(dir_okay=False))(command)

@@ -1,0 +1,60 @@
+"""``patchcli aggregate``: put grid patches (or a model's predictions) back into volumes."""
+
+from __future__ import annotations
+
+import click
+
+from .common import run_command, show_progress
+
+
+@click.command()
+@click.argument("patches", type=click.Path(dir_okay=False))
+@click.option("--image", help="The image of the grid file to reassemble.")
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for DIR/<subject>_<image>.nii.gz.",
+)
+@click.option(
+    "--overlap-mode",
+    type=click.Choice(["crop", "average", "hann"]),
+    default="crop",
+    show_default=True,
+    help="How overlapping patches are combined.",
+)
+@click.option(
+    "--predictions",
+    type=click.Path(dir_okay=False),
+    help="HDF5 file of model outputs, /patches/<name> aligned row by row with PATCHES.",
+)
+@click.option("--prediction-name", help="The dataset of --predictions to reassemble.")
+@click.option("--dtype", help="Output dtype (default: crop keeps it, average/hann float32).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@run_command
+def aggregate(
+    patches, image, output_dir, overlap_mode, predictions, prediction_name, dtype, overwrite, quiet
+):
+    """Reassemble every subject of a grid output into one NIfTI per subject.
+
+    The volumes get their source's shape and affine (padding removed).
+
+    \b
+    Example:
+      patchcli aggregate demo/out/grid.h5 --image t1 --output-dir demo/out/volumes
+    """
+    from ..aggregate import aggregate_file
+
+    written = aggregate_file(
+        patches,
+        image,
+        output_dir,
+        overlap_mode=overlap_mode,
+        predictions_path=predictions,
+        prediction_name=prediction_name,
+        dtype=dtype,
+        overwrite=overwrite,
+        progress=show_progress(quiet),
+    )
+    click.echo(f"aggregate: {len(written)} volumes written to {output_dir} ({overlap_mode} mode)")

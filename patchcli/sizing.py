@@ -1,0 +1,142 @@
+"""From a config to the queue and memory models: what ``queue-sim`` and ``memory`` run.
+
+Only image headers are read (shape, channels, dtype), never voxels; a config
+may also give the geometry directly (``images: {t1: {shape: [...], dtype: ...}}``)
+with ``num_subjects``, when no files exist yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Config
+from .errors import ConfigError
+from .memory import ImageInfo, MemoryEstimate, estimate_memory, estimate_memory_for_budget
+from .queue import QueueTrace, TimingEstimate, estimate_timing, simulate_queue
+from .sampling.grid import grid_padding
+from .subjects import SubjectSpec, read_manifest, read_subject_headers
+
+
+def _specs(config: Config) -> list[SubjectSpec] | None:
+    if config.subjects is None:
+        return None
+    return read_manifest(config.subjects, list(config.images))
+
+
+def samples_per_subject(config: Config) -> list[int]:
+    """Patches per subject per epoch: its ``num_samples``, else ``samples_per_volume``.
+
+    Needs no image data: the manifest, or ``num_subjects``.
+    """
+    default = config.samples_per_volume or config.num_patches
+    specs = _specs(config)
+    if specs is None:
+        if config.num_subjects is None:
+            raise ConfigError("give subjects (a manifest or a list) or num_subjects")
+        if default is None:
+            raise ConfigError("samples_per_volume is required")
+        return [default] * config.num_subjects
+    counts = []
+    for spec in specs:
+        count = spec.num_samples or default
+        if count is None:
+            raise ConfigError(
+                f"samples_per_volume is required (subject {spec.id!r} has no num_samples)"
+            )
+        counts.append(count)
+    return counts
+
+
+def subject_images(config: Config) -> list[list[ImageInfo]]:
+    """The images of every subject, from headers only or from the config's geometry."""
+    if not config.images:
+        raise ConfigError("images is required: a mapping of image name to type")
+    specs = _specs(config)
+    if specs is None:
+        missing = [name for name, spec in config.images.items() if spec.shape is None]
+        if missing:
+            raise ConfigError(
+                f"images {missing} need a shape (or give subjects with existing files)"
+            )
+        one = [
+            ImageInfo(name, spec.type, spec.channels, spec.shape, np.dtype(spec.dtype))
+            for name, spec in config.images.items()
+        ]
+        return [one] * (config.num_subjects or 1)
+    subjects = []
+    for spec in specs:
+        headers = read_subject_headers(spec, config.reader, config.affine_tolerance)
+        subjects.append(
+            [
+                ImageInfo.from_header(name, config.images[name].type, header)
+                for name, header in headers.items()
+            ]
+        )
+    return subjects
+
+
+def _model_options(config: Config) -> dict:
+    padding = (
+        grid_padding(config.overlap_triplet, config.padding_mode)
+        if config.sampler == "grid"
+        else (0, 0, 0)
+    )
+    return dict(
+        patch_size=config.patch_triplet,
+        num_workers=config.num_workers,
+        batch_size=config.batch_size,
+        sampler=config.sampler,
+        prefetch_factor=config.prefetch_factor,
+        cast_dtype=config.output.dtype,
+        label_name=config.label_name,
+        label_probabilities=bool(config.label_probabilities),
+        grid_padding=padding,
+    )
+
+
+def memory_from_config(
+    config: Config,
+    budget_bytes: int | None = None,
+    subjects: list[list[ImageInfo]] | None = None,
+) -> MemoryEstimate:
+    """TorchIO's figure and the realistic itemised peak; with a budget, the largest max_length."""
+    subjects = subject_images(config) if subjects is None else subjects
+    counts = samples_per_subject(config)
+    options = _model_options(config)
+    if budget_bytes is not None:
+        return estimate_memory_for_budget(
+            budget_bytes, subjects, samples_per_volume=counts, **options
+        )
+    if config.max_length is None:
+        raise ConfigError("max_length is required (or give --budget to find it)")
+    return estimate_memory(
+        subjects, max_length=config.max_length, samples_per_volume=counts, **options
+    )
+
+
+def simulate_from_config(config: Config) -> QueueTrace:
+    """Simulate the queue of a config, for ``num_epochs`` epochs, seeded by ``seed``."""
+    if config.max_length is None:
+        raise ConfigError("max_length is required")
+    return simulate_queue(
+        samples_per_subject(config),
+        config.max_length,
+        batch_size=config.batch_size,
+        num_epochs=config.num_epochs,
+        shuffle_subjects=config.shuffle_subjects,
+        shuffle_patches=config.shuffle_patches,
+        rng=np.random.default_rng(config.seed),
+    )
+
+
+def timing_from_config(config: Config, trace: QueueTrace) -> TimingEstimate | None:
+    """The waiting estimate, when ``load_seconds`` and ``step_seconds`` are given."""
+    if config.load_seconds is None or config.step_seconds is None:
+        return None
+    return estimate_timing(
+        trace,
+        load_seconds=config.load_seconds,
+        step_seconds=config.step_seconds,
+        num_workers=config.num_workers,
+        prefetch_factor=config.prefetch_factor,
+    )
