@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -296,29 +296,38 @@ def prepare_subject(settings: SamplingSettings, spec: SubjectSpec, count: int) -
     )
 
 
-def _prepared_subjects(plan: ExtractionPlan, workers: int) -> Iterator[PreparedSubject]:
-    """Prepared subjects in manifest order, loaded by ``workers`` processes if > 0.
+def _prepared_subjects(
+    plan: ExtractionPlan, pool: ProcessPoolExecutor | None, workers: int
+) -> Iterator[PreparedSubject]:
+    """Prepared subjects in manifest order, loaded by the ``pool``'s processes if any.
 
     At most ``workers + 1`` subjects are in flight, which bounds memory.
     """
-    items = list(zip(plan.subjects, plan.counts))
-    if workers <= 0:
+    items = iter(zip(plan.subjects, plan.counts))
+    if pool is None:
         for spec, count in items:
             yield prepare_subject(plan.settings, spec, count)
         return
-    # spawn: the parent holds an open HDF5 file, which must not cross a fork.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        pending: deque = deque()
-        queue = iter(items)
-        for spec, count in queue:
+    pending: deque = deque()
+    for spec, count in items:
+        pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
+        if len(pending) > workers:
+            break
+    while pending:
+        yield pending.popleft().result()
+        for spec, count in items:
             pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
-            if len(pending) > workers:
-                break
-        while pending:
-            yield pending.popleft().result()
-            for spec, count in queue:
-                pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
-                break
+            break
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Processes that load subjects. Forked where possible: no re-import of the
+    caller's script, fast start. Made before the output file is opened and before
+    any thread starts, so that neither crosses the fork."""
+    if workers <= 0:
+        return None
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=get_context(method))
 
 
 def _attributes(plan: ExtractionPlan) -> dict:
@@ -375,6 +384,7 @@ def extract(
         name: np.empty((block_patches, p.channels, *plan.settings.patch_size), dtype=p.dtype)
         for name, p in plan.images.items()
     }
+    pool = _worker_pool(config.workers)
     bar = tqdm(
         total=plan.total_patches,
         unit="patch",
@@ -404,7 +414,8 @@ def extract(
                 )
             try:
                 row = 0
-                for number, subject in enumerate(_prepared_subjects(plan, config.workers)):
+                subjects = _prepared_subjects(plan, pool, config.workers)
+                for number, subject in enumerate(subjects):
                     for message in subject.warnings:
                         warnings.warn(message, PatchcliWarning, stacklevel=2)
                     bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
@@ -416,6 +427,8 @@ def extract(
                 raise
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     written = _size_on_disk(path)
     return ExtractionSummary(
         path, len(plan.subjects), plan.total_patches, written, time.perf_counter() - started

@@ -226,7 +226,8 @@ def test_overwrite_never_replaces_a_foreign_folder(tmp_path, dataset):
     assert (folder / "thesis.tex").read_text() == "precious"
 
 
-def test_a_failed_run_leaves_nothing_at_the_output(tmp_path, dataset):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failed_run_leaves_nothing_at_the_output(tmp_path, dataset, workers):
     manifest, arrays = dataset
     # Subject s2's map is positive only on its border: the run fails at s2,
     # after s0 and s1 were written.
@@ -241,7 +242,7 @@ def test_a_failed_run_leaves_nothing_at_the_output(tmp_path, dataset):
         writer.writeheader()
         writer.writerows(rows)
     for format_, name in (("hdf5", "failed.h5"), ("nifti", "failed_dir")):
-        config = _config(tmp_path, bad, name, output={"format": format_})
+        config = _config(tmp_path, bad, name, output={"format": format_}, workers=workers)
         with pytest.raises(DataError, match=r"border\.nii\.gz: subject 's2'.*border") as caught:
             extract(config, "weighted")
         assert "\n" not in str(caught.value)
