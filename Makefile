@@ -34,6 +34,7 @@ test: install
 bench: install
 	mkdir -p bench/results
 	$(BIN)/python bench/bench_extract.py --subjects 4 --out-json bench/results/extract.json
+	$(BIN)/python bench/bench_reader.py --patches 2000 --workers 0 2 --batch-size 32 --out-json bench/results/reader.json
 
 lint: install
 	$(BIN)/ruff check patchcli tests bench
