@@ -15,6 +15,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .writer import PatchWriter
+
 FORMAT_NAME = "patchcli-patches"
 FORMAT_VERSION = 1
 _STRING = h5py.string_dtype("utf-8")
@@ -44,7 +46,7 @@ def compression_options(compression: str, level: int | None = None) -> dict[str,
     raise ValueError(f"unknown compression {compression!r}")
 
 
-class Hdf5PatchWriter:
+class Hdf5PatchWriter(PatchWriter):
     """Write a run's patches, locations and subjects table to an HDF5 file.
 
     Parameters
@@ -74,6 +76,7 @@ class Hdf5PatchWriter:
         compression: str = "none",
         compression_level: int | None = None,
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self.file = h5py.File(self.path, "w", locking=False)
         self.image_names = list(images)
@@ -105,7 +108,6 @@ class Hdf5PatchWriter:
             "subject_index", (num_patches,), dtype=np.int64
         )
         self.num_subjects = num_subjects
-        self._subjects: list[dict[str, Any]] = []
 
     def write_block(
         self,
@@ -122,51 +124,25 @@ class Hdf5PatchWriter:
         self.locations[selection] = locations
         self.subject_index[selection] = subject_index
 
-    def begin_subject(
-        self,
-        subject_id: str,
-        affine: np.ndarray,
-        spatial_shape: Sequence[int],
-        sources: Mapping[str, str],
-        patch_start: int,
-        patch_count: int,
-    ) -> None:
-        """Start a subject: record its row of the subjects table (written on close)."""
-        self._subjects.append(
-            dict(
-                id=subject_id,
-                affine=np.asarray(affine, dtype=np.float64),
-                shape=np.asarray(spatial_shape, dtype=np.int64),
-                sources=dict(sources),
-                patch_start=patch_start,
-                patch_count=patch_count,
-            )
-        )
-
     def close(self) -> None:
         """Write the subjects table and close the file."""
         if not self.file.id.valid:
             return
-        rows = self._subjects
+        rows = self.subjects
         group = self.file.create_group("subjects")
-        group.create_dataset("id", data=np.array([r["id"] for r in rows], dtype=_STRING))
-        group.create_dataset(
-            "affine", data=np.array([r["affine"] for r in rows]).reshape(len(rows), 4, 4)
-        )
-        group.create_dataset(
-            "shape", data=np.array([r["shape"] for r in rows], dtype=np.int64).reshape(len(rows), 3)
-        )
-        group.create_dataset(
-            "patch_start", data=np.array([r["patch_start"] for r in rows], np.int64)
-        )
-        group.create_dataset(
-            "patch_count", data=np.array([r["patch_count"] for r in rows], np.int64)
-        )
+        tables = {
+            "id": np.array([r.id for r in rows], dtype=_STRING),
+            "affine": np.array([r.affine for r in rows], np.float64).reshape(-1, 4, 4),
+            "shape": np.array([r.shape for r in rows], np.int64).reshape(-1, 3),
+            "patch_start": np.array([r.patch_start for r in rows], np.int64),
+            "patch_count": np.array([r.patch_count for r in rows], np.int64),
+        }
+        for key, values in tables.items():
+            group.create_dataset(key, data=values)
         sources = group.create_group("source")
         for name in self.image_names:
-            sources.create_dataset(
-                name, data=np.array([r["sources"][name] for r in rows], dtype=_STRING)
-            )
+            paths = np.array([r.source[name] for r in rows], dtype=_STRING)
+            sources.create_dataset(name, data=paths)
         self.file.close()
 
     def abort(self) -> None:

@@ -24,6 +24,7 @@ import yaml
 from ..sampling.geometry import patch_affine
 from .atomic import FOLDER_MARKER
 from .hdf5 import FORMAT_NAME, FORMAT_VERSION
+from .writer import PatchWriter
 
 CSV_NAME = "patches.csv"
 
@@ -42,7 +43,7 @@ def write_patch_nifti(path: Path, patch: np.ndarray, affine: np.ndarray) -> None
     nib.save(image, path)
 
 
-class NiftiPatchWriter:
+class NiftiPatchWriter(PatchWriter):
     """Write a run's patches as NIfTI files plus ``patches.csv`` and ``patchcli.yaml``."""
 
     def __init__(
@@ -53,6 +54,7 @@ class NiftiPatchWriter:
         attributes: Mapping[str, Any],
         padding: Sequence[int] = (0, 0, 0),
     ) -> None:
+        super().__init__()
         self.folder = Path(folder)
         self.image_names = list(images)
         self.padding = np.asarray(padding, dtype=np.int64)
@@ -70,27 +72,9 @@ class NiftiPatchWriter:
         self._csv.writerow(
             ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *self.image_names]
         )
-        self._subjects: list[dict[str, Any]] = []
-        self._subject: dict[str, Any] | None = None
 
-    def begin_subject(
-        self,
-        subject_id: str,
-        affine: np.ndarray,
-        spatial_shape: Sequence[int],
-        sources: Mapping[str, str],
-        patch_start: int,
-        patch_count: int,
-    ) -> None:
-        self._subject = {
-            "id": subject_id,
-            "shape": [int(n) for n in spatial_shape],
-            "affine": np.asarray(affine, dtype=np.float64).tolist(),
-            "source": dict(sources),
-            "patch_start": int(patch_start),
-            "patch_count": int(patch_count),
-        }
-        self._subjects.append(self._subject)
+    def begin_subject(self, subject_id: str, *args: Any, **kwargs: Any) -> None:
+        super().begin_subject(subject_id, *args, **kwargs)
         (self.folder / subject_id).mkdir(exist_ok=True)
 
     def write_block(
@@ -100,25 +84,32 @@ class NiftiPatchWriter:
         locations: np.ndarray,
         subject_index: int,
     ) -> None:
-        subject = self._subject
-        assert subject is not None, "begin_subject first"
-        affine = np.asarray(subject["affine"])
+        subject = self.current
         for offset, location in enumerate(locations):
-            number = row + offset - subject["patch_start"]
-            start = location[:3] - self.padding
-            world = patch_affine(affine, start)
+            number = row + offset - subject.patch_start
+            world = patch_affine(subject.affine, location[:3] - self.padding)
             relative = []
             for name in self.image_names:
-                relative_path = f"{subject['id']}/{patch_file_name(name, number)}"
+                relative_path = f"{subject.id}/{patch_file_name(name, number)}"
                 write_patch_nifti(self.folder / relative_path, arrays[name][offset], world)
                 relative.append(relative_path)
-            self._csv.writerow([subject["id"], number, *location.tolist(), *relative])
+            self._csv.writerow([subject.id, number, *location.tolist(), *relative])
 
     def close(self) -> None:
         if self._stream.closed:
             return
         self._stream.close()
-        self.metadata["subjects"] = self._subjects
+        self.metadata["subjects"] = [
+            {
+                "id": record.id,
+                "shape": list(record.shape),
+                "affine": record.affine.tolist(),
+                "source": record.source,
+                "patch_start": record.patch_start,
+                "patch_count": record.patch_count,
+            }
+            for record in self.subjects
+        ]
         self.metadata["config"] = self.config_text
         with open(self.folder / FOLDER_MARKER, "w", encoding="utf-8") as stream:
             yaml.safe_dump(self.metadata, stream, sort_keys=False)
