@@ -20,7 +20,14 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .sampling.geometry import Triplet, to_triplet
@@ -48,7 +55,24 @@ class ImageSpec(_Strict):
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, value: str) -> str:
-        return _check_dtype(value)
+        return check_dtype(value)
+
+
+#: Names that an image cannot take: manifest columns and reader item keys.
+RESERVED_IMAGE_NAMES = frozenset(
+    {"subject", "id", "num_samples", "patch", "location", "i0", "j0", "k0", "i1", "j1", "k1"}
+)
+_IMAGE_NAME = re.compile(r"^\w[\w.+-]*$")
+
+
+def check_image_name(name: str) -> str:
+    """Image names become file names and HDF5 dataset names: keep them plain."""
+    if not _IMAGE_NAME.match(name) or name in RESERVED_IMAGE_NAMES:
+        raise ValueError(
+            f"image name {name!r} must be letters, digits, '_', '.', '+' or '-' (not starting "
+            f"with a symbol) and not one of {sorted(RESERVED_IMAGE_NAMES)}"
+        )
+    return name
 
 
 class OutputSpec(_Strict):
@@ -57,16 +81,23 @@ class OutputSpec(_Strict):
     path: Path | None = None
     format: Literal["hdf5", "nifti"] = "hdf5"
     compression: Compression = DEFAULT_COMPRESSION
-    compression_level: int | None = Field(default=None, ge=0, le=22)
+    compression_level: int | None = Field(default=None, ge=0, le=9)
     dtype: str | None = None
+
+    @model_validator(mode="after")
+    def _level_needs_compression(self) -> OutputSpec:
+        if self.compression_level is not None and self.compression == "none":
+            raise ValueError("compression_level needs a compression (gzip, lz4 or zstd)")
+        return self
 
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, value: str | None) -> str | None:
-        return None if value is None else _check_dtype(value)
+        return None if value is None else check_dtype(value)
 
 
-def _check_dtype(value: str) -> str:
+def check_dtype(value: str) -> str:
+    """The name of a numeric numpy dtype; ValueError for anything else."""
     try:
         dtype = np.dtype(value)
     except TypeError as error:
@@ -119,6 +150,13 @@ class Config(_Strict):
             }
         return value
 
+    @field_validator("images")
+    @classmethod
+    def _image_names(cls, value: dict[str, ImageSpec]) -> dict[str, ImageSpec]:
+        for name in value:
+            check_image_name(name)
+        return value
+
     @field_validator("padding_mode")
     @classmethod
     def _padding_mode(cls, value: Any) -> Any:
@@ -154,6 +192,16 @@ class Config(_Strict):
         """The resolved configuration as YAML text (absolute paths, defaults filled in)."""
         data = self.model_dump(mode="json", exclude_none=True)
         return yaml.safe_dump(data, sort_keys=False)
+
+
+class _Reset:
+    """An option value that sets its key to null (``--padding-mode none``)."""
+
+    def __repr__(self) -> str:
+        return "RESET"
+
+
+RESET = _Reset()
 
 
 def _as_value_error(function, *args, **kwargs):
@@ -235,7 +283,9 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key in ("subjects", "output.path"):
+        if value is RESET:
+            value = None
+        elif key in ("subjects", "output.path"):
             value = _resolve(value, Path.cwd())
         target = data
         *parents, leaf = key.split(".")

@@ -12,12 +12,15 @@ block, whatever the size of the run.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from . import __version__
 from .config import Config
 from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning
 from .io.atomic import atomic_output
-from .io.hdf5 import Hdf5PatchWriter
+from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
 from .sampling import (
     count_grid_patches,
@@ -61,6 +64,8 @@ class SamplingSettings:
     probability_map: str | None = None
     label_name: str | None = None
     label_probabilities: Mapping[int, float] | None = None
+    #: Image name -> dtype written (and used for cropping and sampling).
+    output_dtypes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,15 +224,62 @@ def plan_extraction(
         else:
             dtype = np.result_type(*dtypes[name])
         images[name] = ImagePlan(name, spec.type, channels[name], np.dtype(dtype))
+    output_path = Path(config.output.path)
+    _check_sources_outside(specs, output_path)
+    settings = replace(
+        settings, output_dtypes={name: plan.dtype.name for name, plan in images.items()}
+    )
     return ExtractionPlan(
         settings=settings,
         config=config,
         subjects=specs,
         counts=counts,
         images=images,
-        output_path=Path(config.output.path),
+        output_path=output_path,
         output_format=config.output.format,
     )
+
+
+def _check_sources_outside(specs: list[SubjectSpec], output: Path) -> None:
+    """Refuse an output that is, or contains, one of the images it is made from."""
+    target = output.resolve()
+    for spec in specs:
+        for path in spec.paths.values():
+            source = path.resolve()
+            if source == target or target in source.parents:
+                raise DataError(
+                    f"{path}: subject {spec.id!r} reads this image from inside the output "
+                    f"{output}; write the output elsewhere"
+                )
+
+
+def cast_volume(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+    """``array`` as a C-ordered array of ``dtype``, refusing values that would not fit.
+
+    numpy's casts wrap integers around and truncate floats silently; here
+    floats are rounded to the nearest integer and out-of-range values are an
+    error naming the file.
+    """
+    dtype = np.dtype(dtype)
+    if array.dtype == dtype:
+        return np.ascontiguousarray(array)
+    if dtype.kind in "iu" and array.size:
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all():
+                raise DataError(f"{path}: NaN or infinite values cannot be cast to {dtype}")
+            array = np.rint(array)
+        low, high = array.min(), array.max()
+        limits = np.iinfo(dtype)
+        if low < limits.min or high > limits.max:
+            raise DataError(
+                f"{path}: values from {low} to {high} do not fit output dtype {dtype} "
+                f"({limits.min} to {limits.max})"
+            )
+    elif dtype.kind == "f" and array.dtype.kind == "f" and array.size:
+        largest = np.abs(array[np.isfinite(array)]).max(initial=0)
+        if largest > np.finfo(dtype).max:
+            raise DataError(f"{path}: values up to {largest} overflow output dtype {dtype}")
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def subject_locations(
@@ -261,15 +313,20 @@ def prepare_subject(settings: SamplingSettings, spec: SubjectSpec, count: int) -
     A top-level function so that worker processes can run it.
     """
     subject = load_subject(spec, settings.reader, settings.tolerance)
-    # NIfTI volumes come in Fortran order; cropping them into C-ordered patches
-    # is a strided transpose per patch. One C-order copy of the volume makes
-    # every crop a run of contiguous rows (8x faster for 150 patches of 64^3).
-    volumes = {name: np.ascontiguousarray(array) for name, array in subject.volumes.items()}
+    volumes = subject.volumes
     if settings.padding_mode is not None:
         volumes = {
             name: pad_volume(array, settings.padding, settings.padding_mode)
             for name, array in volumes.items()
         }
+    # One C-ordered copy in the output dtype: NIfTI volumes come in Fortran order,
+    # and cropping them into C-ordered patches is a strided transpose per patch;
+    # from a C-ordered volume every crop is a run of contiguous rows (8x faster
+    # for 150 patches of 64^3), and needs no cast.
+    volumes = {
+        name: cast_volume(array, settings.output_dtypes.get(name, array.dtype), spec.paths[name])
+        for name, array in volumes.items()
+    }
     rng = subject_rng(settings.seed, spec.index)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PatchcliWarning)
@@ -321,13 +378,52 @@ def _prepared_subjects(
 
 
 def _worker_pool(workers: int) -> ProcessPoolExecutor | None:
-    """Processes that load subjects. Forked where possible: no re-import of the
-    caller's script, fast start. Made before the output file is opened and before
-    any thread starts, so that neither crosses the fork."""
+    """Processes that load subjects, started now.
+
+    Forked where possible: no re-import of the caller's script, fast start.
+    Called before the output file is opened and before any thread starts, so
+    that neither crosses the fork; the first task makes the pool start all of
+    its processes at once.
+    """
     if workers <= 0:
         return None
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=get_context(method))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context(method))
+    pool.submit(os.getpid).result()
+    return pool
+
+
+class _DeferredInterrupt:
+    """Ctrl-C taken at safe points of the write loop.
+
+    A KeyboardInterrupt raised while h5py writes lands in one of its weakref
+    callbacks, where Python prints it and carries on: the run would finish as if
+    nothing happened. Here the first Ctrl-C is noted and raised after the block
+    being written; a second one is raised at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> _DeferredInterrupt:
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _attributes(plan: ExtractionPlan) -> dict:
@@ -392,7 +488,10 @@ def extract(
         dynamic_ncols=True,
     )
     try:
-        with atomic_output(path, overwrite, folder=folder) as temporary:
+        with (
+            _DeferredInterrupt() as interrupt,
+            atomic_output(path, overwrite, folder=folder, kind=FORMAT_NAME) as temporary,
+        ):
             if folder:
                 writer = NiftiPatchWriter(
                     temporary,
@@ -419,7 +518,7 @@ def extract(
                     for message in subject.warnings:
                         warnings.warn(message, PatchcliWarning, stacklevel=2)
                     bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
-                    row = _write_subject(writer, subject, number, row, buffers)
+                    row = _write_subject(writer, subject, number, row, buffers, interrupt.check)
                     bar.update(len(subject.locations))
                 writer.close()
             except BaseException:
@@ -435,7 +534,9 @@ def extract(
     )
 
 
-def _write_subject(writer, subject: PreparedSubject, number: int, row: int, buffers) -> int:
+def _write_subject(
+    writer, subject: PreparedSubject, number: int, row: int, buffers, check_interrupt
+) -> int:
     locations = subject.locations
     sources = {name: str(path) for name, path in subject.spec.paths.items()}
     writer.begin_subject(
@@ -448,14 +549,14 @@ def _write_subject(writer, subject: PreparedSubject, number: int, row: int, buff
         corners = chunk.tolist()
         for name, buffer in buffers.items():
             volume = subject.volumes[name]
-            # One copy per patch, straight from the volume into the block buffer
-            # (casting there when the output dtype differs).
+            # One copy per patch, straight from the volume into the block buffer.
             for slot, (i0, j0, k0, i1, j1, k1) in enumerate(corners):
                 buffer[slot] = volume[:, i0:i1, j0:j1, k0:k1]
         writer.write_block(
             row, {name: buffer[:count] for name, buffer in buffers.items()}, chunk, number
         )
         row += count
+        check_interrupt()
     return row
 
 

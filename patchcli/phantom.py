@@ -18,6 +18,8 @@ import numpy as np
 
 from .io.atomic import atomic_output
 
+#: The ``format`` in a phantom folder's patchcli.yaml.
+PHANTOM_FORMAT = "patchcli-phantoms"
 LABELS = {"background": 0, "head": 1, "brain": 2, "lesion": 3}
 
 
@@ -82,7 +84,7 @@ def write_phantom_dataset(
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
-    with atomic_output(folder, overwrite=overwrite, folder=True) as temporary:
+    with atomic_output(folder, overwrite, folder=True, kind=PHANTOM_FORMAT) as temporary:
         rows = []
         for index in range(num_subjects):
             size = np.asarray(shape) + (rng.integers(-4, 5, size=3) if vary_shape else 0)
@@ -100,5 +102,5 @@ def write_phantom_dataset(
             writer.writeheader()
             writer.writerows(rows)
         # Mark the folder as ours, so that --overwrite may replace it later.
-        (temporary / "patchcli.yaml").write_text("format: patchcli-phantoms\n", encoding="utf-8")
+        (temporary / "patchcli.yaml").write_text(f"format: {PHANTOM_FORMAT}\n", encoding="utf-8")
     return folder / "subjects.csv"

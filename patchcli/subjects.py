@@ -42,18 +42,22 @@ class LoadedSubject:
     dtypes: dict[str, np.dtype] = field(default_factory=dict)
 
 
+#: Files at the top of a NIfTI output folder: no subject folder may take their names.
+RESERVED_SUBJECT_IDS = ("patches.csv", "patchcli.yaml")
+
+
 def check_subject_id(subject_id: str, where: str) -> str:
     """Refuse ids that could not be a file name inside an output folder."""
     bad = (
         not subject_id
-        or subject_id in (".", "..")
+        or subject_id in (".", "..", *RESERVED_SUBJECT_IDS)
         or any(sep in subject_id for sep in ("/", "\\", "\0"))
         or subject_id != subject_id.strip()
     )
     if bad:
         raise DataError(
             f"{where}: subject id {subject_id!r} is not usable as a file name "
-            "(empty, '.', '..', surrounding spaces or a path separator)"
+            "(empty, '.', '..', patches.csv, patchcli.yaml, surrounding spaces or a path separator)"
         )
     return subject_id
 

@@ -182,3 +182,23 @@ def test_cli_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert output.stdout.strip() == "False"
+
+
+def test_none_resets_a_config_key_from_the_command_line(tmp_path, config_path):
+    padded, plain = tmp_path / "padded.h5", tmp_path / "plain.h5"
+    edge_config = config_path.parent / "edge.yaml"  # beside data/, which it refers to
+    edge_config.write_text(config_path.read_text() + "padding_mode: edge\n")
+    assert invoke("grid", edge_config, "--output", padded, "-q").exit_code == 0
+    result = invoke("grid", edge_config, "--output", plain, "--padding-mode", "none", "-q")
+    assert result.exit_code == 0, result.output
+    with h5py.File(padded) as a, h5py.File(plain) as b:
+        assert a.attrs["padding_mode"] == "edge" and b.attrs["padding_mode"] == ""
+        assert len(a["locations"]) > len(b["locations"])
+
+
+def test_bad_dtype_options_are_usage_errors(tmp_path, config_path):
+    assert invoke("uniform", config_path, "--dtype", "float99").exit_code == 2
+    assert (
+        invoke("aggregate", tmp_path / "x.h5", "--dtype", "foo", "--output-dir", tmp_path).exit_code
+        == 2
+    )

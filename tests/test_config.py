@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from patchcli.config import load_config
 from patchcli.errors import ConfigError
@@ -100,3 +101,43 @@ def test_label_probabilities_must_be_finite_and_non_negative(tmp_path, value):
     path = _write(tmp_path / "c.yaml", f"label_probabilities: {{1: {value}, 2: 1}}\n")
     with pytest.raises(ConfigError, match="label_probabilities.1"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../evil", "a/b", ".hidden", "", "location", "subject", "num_samples", "t 1"]
+)
+def test_image_names_must_be_plain(tmp_path, name):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"images": {name: "intensity"}}))
+    with pytest.raises(ConfigError, match="image name"):
+        load_config(path)
+
+
+def test_plain_image_names_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    images = {"T1w": "intensity", "seg-aseg.v2": "label", "flair_2": "intensity"}
+    path.write_text(yaml.safe_dump({"images": images}, sort_keys=False))
+    assert list(load_config(path).images) == ["T1w", "seg-aseg.v2", "flair_2"]
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ({"compression": "gzip", "compression_level": 15}, "less than or equal to 9"),
+        ({"compression": "zstd", "compression_level": 12}, "less than or equal to 9"),
+        ({"compression": "none", "compression_level": 3}, "needs a compression"),
+    ],
+)
+def test_compression_levels_are_checked(tmp_path, output, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"output": output}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_reset_sets_a_key_to_null(tmp_path):
+    from patchcli.config import RESET
+
+    path = _write(tmp_path / "c.yaml", "padding_mode: edge\noutput: {dtype: float32}\n")
+    config = load_config(path, {"padding_mode": RESET, "output.dtype": RESET})
+    assert config.padding_mode is None and config.output.dtype is None

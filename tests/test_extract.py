@@ -221,9 +221,103 @@ def test_overwrite_never_replaces_a_foreign_folder(tmp_path, dataset):
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
     config = _config(tmp_path, manifest, "mine", output={"format": "nifti"})
-    with pytest.raises(DataError, match="not a patchcli output"):
+    with pytest.raises(DataError, match="refusing to replace a folder without a readable"):
         extract(config, "uniform", overwrite=True)
     assert (folder / "thesis.tex").read_text() == "precious"
+
+
+def test_overwrite_never_replaces_a_phantom_dataset(tmp_path, dataset):
+    from patchcli.phantom import write_phantom_dataset
+
+    manifest, _ = dataset
+    data = tmp_path / "phantoms"
+    write_phantom_dataset(data, num_subjects=1, shape=(12, 12, 10))
+    config = _config(tmp_path, manifest, "phantoms", output={"format": "nifti"})
+    with pytest.raises(DataError, match="refusing to replace a patchcli-phantoms folder"):
+        extract(config, "uniform", overwrite=True)
+    assert (data / "sub-001_t1.nii.gz").exists()
+
+
+def test_an_output_holding_a_source_image_is_refused(tmp_path, dataset):
+    manifest, _ = dataset
+    # The output folder is the folder of the images; --overwrite must not matter.
+    config = _config(manifest.parent, manifest, ".", output={"format": "nifti"})
+    with pytest.raises(DataError, match="from inside the output"):
+        extract(config, "uniform", overwrite=True)
+    source = manifest.parent / "s0_t1.nii.gz"
+    config = _config(tmp_path, manifest, str(source))
+    with pytest.raises(DataError, match=r"s0_t1\.nii\.gz: subject 's0' reads this image"):
+        extract(config, "uniform", overwrite=True)
+    assert nib.load(source).shape == SHAPES[0]
+
+
+def test_casts_round_and_refuse_values_that_do_not_fit(tmp_path, dataset):
+    manifest, arrays = dataset
+    # t1 holds int16 values from -100 to 999: they do not fit uint8.
+    config = _config(tmp_path, manifest, "u8.h5", output={"dtype": "uint8"})
+    with pytest.raises(DataError, match=r"s0_t1\.nii\.gz: values from -\d+ to \d+ do not fit"):
+        extract(config, "uniform")
+    assert not (tmp_path / "u8.h5").exists()
+    # prob (float32, 0.01 to 1.01) cast to int16 is rounded, not truncated.
+    from patchcli.extract import cast_volume
+
+    values = np.array([0.4, 0.6, 1.5, -2.6], np.float32)
+    assert cast_volume(values, np.dtype(np.int16), manifest).tolist() == [0, 1, 2, -3]
+    with pytest.raises(DataError, match="NaN"):
+        cast_volume(np.array([np.nan], np.float32), np.dtype(np.uint8), manifest)
+    with pytest.raises(DataError, match="overflow"):
+        cast_volume(np.array([1e300]), np.dtype(np.float32), manifest)
+
+
+def test_ctrl_c_during_a_write_stops_the_run_and_leaves_nothing(tmp_path, dataset, monkeypatch):
+    """A SIGINT that arrives while h5py writes must still stop the run."""
+    import os
+    import signal
+
+    from patchcli.io.hdf5 import Hdf5PatchWriter
+
+    manifest, _ = dataset
+    original = Hdf5PatchWriter.write_block
+    completed = []
+
+    def interrupted_write(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered during the write
+        original(self, *args, **kwargs)
+        completed.append(True)
+
+    monkeypatch.setattr(Hdf5PatchWriter, "write_block", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(tmp_path, manifest, "stopped.h5"), "uniform")
+    # The interrupt waited for the block being written (h5py would have swallowed
+    # it there), then stopped the run before the next one.
+    assert completed == [True]
+    assert not (tmp_path / "stopped.h5").exists()
+    assert not (tmp_path / "stopped.h5.partial").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nifti_output_of_int64_and_bool_images(tmp_path):
+    from .helpers import save_nifti
+
+    labels = np.arange(6 * 5 * 4, dtype=np.int64).reshape(6, 5, 4)
+    nib.save(nib.Nifti1Image(labels, affine_for(None), dtype=np.int64), tmp_path / "l.nii.gz")
+    save_nifti(tmp_path / "m.nii.gz", (labels % 2).astype(np.uint8))
+    config = load_config(
+        write_config(
+            tmp_path / "c.yaml",
+            subjects=[
+                {"id": "a", "lab": str(tmp_path / "l.nii.gz"), "m": str(tmp_path / "m.nii.gz")}
+            ],
+            images={"lab": "label", "m": "label"},
+            patch_size=[3, 2, 2],
+            patch_overlap=0,
+            output={"path": str(tmp_path / "out"), "format": "nifti"},
+        )
+    )
+    extract(config, "grid")
+    patch = nib.load(tmp_path / "out" / "a" / "lab_000000.nii.gz")
+    assert patch.get_data_dtype() == np.int64
+    np.testing.assert_array_equal(np.asanyarray(patch.dataobj), labels[:3, :2, :2])
 
 
 @pytest.mark.parametrize("workers", [0, 2])

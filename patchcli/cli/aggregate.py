@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import run_command, show_progress
+from .common import DtypeType, run_command, show_progress
 
 
 @click.command()
@@ -29,7 +29,9 @@ from .common import run_command, show_progress
     help="HDF5 file of model outputs, /patches/<name> aligned row by row with PATCHES.",
 )
 @click.option("--prediction-name", help="The dataset of --predictions to reassemble.")
-@click.option("--dtype", help="Output dtype (default: crop keeps it, average/hann float32).")
+@click.option(
+    "--dtype", type=DtypeType(), help="Output dtype (default: crop keeps it, average/hann float32)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @run_command

@@ -85,11 +85,14 @@ class TripletType(click.ParamType):
 class ProbabilitiesType(click.ParamType):
     """``0:1,1:2`` -> ``{0: 1.0, 1: 2.0}``."""
 
-    name = "LABEL:P,..."
+    name = "LABEL:P,...|none"
 
     def convert(self, value: Any, param, ctx) -> Any:
         if isinstance(value, dict):
             return value
+        reset = _reset_if_null(value)
+        if reset is not None:
+            return reset
         result = {}
         for item in str(value).split(","):
             key, sep, probability = item.partition(":")
@@ -102,12 +105,49 @@ class ProbabilitiesType(click.ParamType):
         return result
 
 
-class PaddingModeType(click.ParamType):
-    """A number (constant padding) or a mode name."""
+NULL_WORDS = ("none", "null")
 
-    name = "MODE|NUMBER"
+
+def _reset_if_null(value: Any) -> Any:
+    """``none`` or ``null`` on the command line sets the key to null."""
+    from ..config import RESET
+
+    if isinstance(value, str) and value.strip().lower() in NULL_WORDS:
+        return RESET
+    return None
+
+
+class DtypeType(click.ParamType):
+    """A numeric numpy dtype name, or (with ``nullable``) ``none`` to set the key to null."""
+
+    name = "DTYPE"
+
+    def __init__(self, nullable: bool = False) -> None:
+        self.nullable = nullable
+        if nullable:
+            self.name = "DTYPE|none"
 
     def convert(self, value: Any, param, ctx) -> Any:
+        from ..config import check_dtype
+
+        reset = _reset_if_null(value) if self.nullable else None
+        if reset is not None:
+            return reset
+        try:
+            return check_dtype(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class PaddingModeType(click.ParamType):
+    """A number (constant padding), a mode name, or ``none`` for no padding."""
+
+    name = "MODE|NUMBER|none"
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        reset = _reset_if_null(value)
+        if reset is not None:
+            return reset
         try:
             return float(value)
         except (TypeError, ValueError):

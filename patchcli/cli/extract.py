@@ -8,6 +8,7 @@ import click
 
 from .common import (
     ConfigOption,
+    DtypeType,
     PaddingModeType,
     ProbabilitiesType,
     TripletType,
@@ -43,7 +44,13 @@ COMMON_OPTIONS: list[ConfigOption] = [
         dict(type=click.Choice(["none", "gzip", "lz4", "zstd"]), help="HDF5 compression."),
     ),
     ("--compression-level", "output.compression_level", dict(type=int, help="Compression level.")),
-    ("--dtype", "output.dtype", dict(help="Cast intensity images to this dtype, e.g. float32.")),
+    (
+        "--dtype",
+        "output.dtype",
+        dict(
+            type=DtypeType(nullable=True), help="Cast intensity images to this dtype, e.g. float32."
+        ),
+    ),
     (
         "--reader",
         "reader",

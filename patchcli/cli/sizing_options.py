@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import ConfigOption, TripletType
+from .common import ConfigOption, DtypeType, TripletType
 
 QUEUE_OPTIONS: list[ConfigOption] = [
     ("--subjects", "subjects", dict(type=click.Path(dir_okay=False), help="Subjects manifest.")),
@@ -36,5 +36,9 @@ QUEUE_OPTIONS: list[ConfigOption] = [
         dict(type=click.IntRange(min=1), help="Subjects each worker loads ahead."),
     ),
     ("--batch-size", "batch_size", dict(type=click.IntRange(min=1), help="Training batch size.")),
-    ("--dtype", "output.dtype", dict(help="dtype intensity images are cast to, e.g. float32.")),
+    (
+        "--dtype",
+        "output.dtype",
+        dict(type=DtypeType(nullable=True), help="dtype intensity images are cast to."),
+    ),
 ]

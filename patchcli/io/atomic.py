@@ -23,8 +23,25 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def check_output_free(path: Path, overwrite: bool, folder: bool = False) -> None:
-    """Refuse an existing output unless ``overwrite``; never replace a foreign folder."""
+def folder_format(path: Path) -> str | None:
+    """The ``format`` named by a folder's marker file, or None."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((path / FOLDER_MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+
+def check_output_free(
+    path: Path, overwrite: bool, folder: bool = False, kind: str | None = None
+) -> None:
+    """Refuse an existing output unless ``overwrite``; never replace a foreign folder.
+
+    With ``overwrite``, a non-empty folder is replaced only if its marker file
+    names the format ``kind`` (so that patches never replace a dataset, say).
+    """
     if not path.exists() and not path.is_symlink():
         parent = path.parent
         if not parent.exists():
@@ -39,10 +56,11 @@ def check_output_free(path: Path, overwrite: bool, folder: bool = False) -> None
             return
         if not overwrite:
             raise DataError(f"{path}: output folder exists and is not empty (use --overwrite)")
-        if not (path / FOLDER_MARKER).exists():
+        found = folder_format(path)
+        if found is None or (kind is not None and found != kind):
+            what = f"a {found} folder" if found else f"a folder without a readable {FOLDER_MARKER}"
             raise DataError(
-                f"{path}: refusing to replace a folder that is not a patchcli output "
-                f"(it has no {FOLDER_MARKER})"
+                f"{path}: refusing to replace {what} with a {kind or 'patchcli'} output"
             )
     else:
         if folder:
@@ -52,14 +70,16 @@ def check_output_free(path: Path, overwrite: bool, folder: bool = False) -> None
 
 
 @contextmanager
-def atomic_output(path: Path, overwrite: bool, folder: bool = False) -> Iterator[Path]:
+def atomic_output(
+    path: Path, overwrite: bool, folder: bool = False, kind: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``path`` if the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temporary output is
     removed and the final path is left untouched.
     """
     path = Path(path)
-    check_output_free(path, overwrite, folder)
+    check_output_free(path, overwrite, folder, kind)
     temporary = partial_path(path)
     _remove(temporary)
     temporary.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +87,7 @@ def atomic_output(path: Path, overwrite: bool, folder: bool = False) -> Iterator
         temporary.mkdir()
     try:
         yield temporary
-        check_output_free(path, overwrite, folder)  # something may have appeared meanwhile
+        check_output_free(path, overwrite, folder, kind)  # something may have appeared meanwhile
         if folder:
             if path.exists():
                 _remove(path)

@@ -36,7 +36,10 @@ def patch_file_name(image: str, patch_number: int) -> str:
 def write_patch_nifti(path: Path, patch: np.ndarray, affine: np.ndarray) -> None:
     """Save one (C, X, Y, Z) patch; several channels are stored as a 4D (X, Y, Z, C) image."""
     data = patch[0] if patch.shape[0] == 1 else np.moveaxis(patch, 0, -1)
-    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    if data.dtype == bool:  # NIfTI has no boolean type
+        data = data.astype(np.uint8)
+    # An explicit dtype: nibabel refuses int64 data without one.
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine, dtype=data.dtype)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
