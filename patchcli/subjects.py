@@ -157,7 +157,10 @@ def read_subject_headers(spec: SubjectSpec, reader: str, tolerance: float) -> di
     """Headers of a subject's images, checked for matching geometry (no voxels read)."""
     headers = {name: read_header(path, reader) for name, path in spec.paths.items()}
     check_same_geometry(
-        spec.id, {name: (h.spatial_shape, h.affine) for name, h in headers.items()}, tolerance
+        spec.id,
+        {name: (h.spatial_shape, h.affine) for name, h in headers.items()},
+        tolerance,
+        spec.paths,
     )
     return headers
 
@@ -166,21 +169,26 @@ def check_same_geometry(
     subject_id: str,
     geometry: Mapping[str, tuple[Sequence[int], np.ndarray]],
     tolerance: float,
+    paths: Mapping[str, Path] | None = None,
 ) -> None:
-    """All images of a subject must share spatial shape and affine (within ``tolerance`` mm)."""
+    """All images of a subject must share spatial shape and affine (within ``tolerance`` mm).
+
+    The error names the file of the image that differs from the first one.
+    """
     names = list(geometry)
     first = names[0]
     shape0, affine0 = geometry[first]
     for name in names[1:]:
         shape, affine = geometry[name]
+        where = f"{paths[name]}: " if paths else ""
         if tuple(shape) != tuple(shape0):
             raise DataError(
-                f"subject {subject_id!r}: images {first!r} and {name!r} differ in spatial shape: "
-                f"{tuple(int(n) for n in shape0)} vs {tuple(int(n) for n in shape)}"
+                f"{where}subject {subject_id!r}: images {first!r} and {name!r} differ in "
+                f"spatial shape: {tuple(int(n) for n in shape0)} vs {tuple(int(n) for n in shape)}"
             )
         if not np.allclose(affine, affine0, rtol=0, atol=tolerance):
             raise DataError(
-                f"subject {subject_id!r}: images {first!r} and {name!r} differ in affine "
+                f"{where}subject {subject_id!r}: images {first!r} and {name!r} differ in affine "
                 f"(tolerance {tolerance}): {_flat(affine0)} vs {_flat(affine)}"
             )
 
@@ -197,7 +205,7 @@ def load_subject(spec: SubjectSpec, reader: str = "auto", tolerance: float = 1e-
         volume = read_volume(path, reader)
         volumes[name] = volume.array
         geometry[name] = (volume.spatial_shape, volume.affine)
-    check_same_geometry(spec.id, geometry, tolerance)
+    check_same_geometry(spec.id, geometry, tolerance, spec.paths)
     first = next(iter(geometry.values()))
     return LoadedSubject(
         spec=spec,

@@ -160,6 +160,8 @@ def test_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(np.diag(volume.affine)[:3], [-0.8, -0.9, 2.5], atol=1e-4)
     header = read_header(folder)
     assert header.spatial_shape == (6, 5, 4) and header.dtype == np.int16
+    # The header's geometry is the whole series' (slice spacing 2.5), not one slice's.
+    np.testing.assert_allclose(header.affine, volume.affine, atol=1e-4)
 
 
 def test_folder_without_dicom_is_an_error(tmp_path):

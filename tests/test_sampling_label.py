@@ -413,3 +413,12 @@ def test_default_multichannel_differs_from_torchio_on_purpose(torchio, torch):
     assert theirs[2, 2, 2] == 0 and theirs.sum() > 0  # TorchIO: background only
     ours = dense_map(label_map, (3, 3, 3))
     assert ours[2, 2, 2] == 1.0
+
+
+def test_error_names_the_requested_labels_when_none_is_present():
+    label_map = np.zeros((1, 9, 9, 9), dtype=np.uint8)
+    label_map[0, 4, 4, 4] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match=r"none of the requested labels \[5, 7\]"):
+            label_locations(label_map, (3, 3, 3), 2, np.random.default_rng(0), {5: 1, 7: 2})

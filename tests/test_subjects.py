@@ -85,6 +85,7 @@ def test_shape_mismatch_names_subject_images_and_shapes(tmp_path):
         with pytest.raises(DataError) as caught:
             check(spec)
         message = str(caught.value)
+        assert message.startswith(str(tmp_path / "b.nii.gz"))
         assert "subject 's1'" in message and "'t1'" in message and "'seg'" in message
         assert "(6, 7, 8) vs (6, 7, 9)" in message
 

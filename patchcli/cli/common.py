@@ -45,6 +45,10 @@ def run_command(function: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
+        except BrokenPipeError:
+            # The reader of our output went away (`patchcli memory ... | head`): stop quietly.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no flush error at exit)
+            sys.exit(0)
         except OSError as error:
             if debug:
                 raise

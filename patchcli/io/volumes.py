@@ -226,23 +226,51 @@ _SITK_DTYPES = {
 }
 
 
-def _header_sitk(path: Path) -> Header:
+def _image_information(file: str):
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(_series_files(path)[0] if path.is_dir() else str(path))
+    reader.SetFileName(file)
     reader.ReadImageInformation()
-    size = list(reader.GetSize())
-    dimension = len(size)
-    channels = reader.GetNumberOfComponents()
+    return reader
+
+
+def _series_geometry(files: list[str]) -> tuple[list[int], tuple, tuple, tuple]:
+    """Size, spacing, direction and origin of a DICOM series, from its first and last
+    slices' headers: the slice spacing and axis come from their positions, as
+    ITK's series reader does, not from one slice (which has no slice spacing)."""
+    first = _image_information(files[0])
+    size = [int(n) for n in first.GetSize()[:2]] + [len(files)]
+    spacing = list(first.GetSpacing()[:3])
+    direction = np.asarray(first.GetDirection(), dtype=np.float64).reshape(3, 3)
+    origin = np.asarray(first.GetOrigin()[:3], dtype=np.float64)
+    if len(files) > 1:
+        last = np.asarray(_image_information(files[-1]).GetOrigin()[:3], dtype=np.float64)
+        step = (last - origin) / (len(files) - 1)
+        distance = float(np.linalg.norm(step))
+        if distance > 0:
+            spacing[2] = distance
+            direction[:, 2] = step / distance
+    return size, tuple(spacing), tuple(direction.ravel()), tuple(origin)
+
+
+def _header_sitk(path: Path) -> Header:
+    import SimpleITK as sitk
+
     if path.is_dir():
-        size = size[:2] + [len(_series_files(path))]
-        dimension = 3
-    if dimension == 4:
+        files = _series_files(path)
+        reader = _image_information(files[0])
+        size, spacing, direction, origin = _series_geometry(files)
+    else:
+        reader = _image_information(str(path))
+        size = list(reader.GetSize())
+        spacing, direction, origin = reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin()
+    channels = reader.GetNumberOfComponents()
+    if len(size) == 4:
         channels, size = size[3], size[:3]
-    spatial = tuple(int(n) for n in (size + [1, 1])[:3])
+    spatial = tuple(int(n) for n in (list(size) + [1, 1])[:3])
     name = sitk.GetPixelIDValueAsString(reader.GetPixelID()).replace("vector of ", "")
     if name not in _SITK_DTYPES:
         raise DataError(f"{path}: unsupported pixel type {name!r}")
-    affine = _sitk_affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
+    affine = _sitk_affine(spacing, direction, origin)
     return Header(int(channels), spatial, np.dtype(_SITK_DTYPES[name]), affine, path)  # type: ignore[arg-type]

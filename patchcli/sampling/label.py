@@ -183,6 +183,14 @@ def label_locations(
         label_map, patch_size, label_probabilities
     )
     if flat_indices.size == 0:
+        if label_probabilities:
+            requested = sorted(int(k) for k, p in label_probabilities.items() if p > 0)
+            what = "channels" if label_map.shape[0] > 1 else "labels"
+            raise DataError(
+                f"none of the requested {what} {requested} has a voxel where a patch centre "
+                "can lie (absent, or only near the border): "
+                + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
+            )
         raise DataError(
             "no labelled voxel can be a patch centre: "
             + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
