@@ -175,6 +175,17 @@ class Config(_Strict):
         _as_value_error(to_triplet, value, "patch_overlap", minimum=0)
         return value
 
+    @model_validator(mode="after")
+    def _overlap_fits_patch(self) -> Config:
+        if self.patch_size is None:
+            return self
+        patch, overlap = self.patch_triplet, self.overlap_triplet
+        if any(o >= p for o, p in zip(overlap, patch)):
+            raise ValueError(f"patch_overlap {overlap} must be smaller than patch_size {patch}")
+        if any(o % 2 for o in overlap):
+            raise ValueError(f"patch_overlap must be even on every axis, not {overlap}")
+        return self
+
     @property
     def patch_triplet(self) -> Triplet:
         if self.patch_size is None:
@@ -333,4 +344,4 @@ def _first_problem(error: ValidationError) -> str:
         if len({p["loc"][:1] for p in problems}) > 1
         else ""
     )
-    return f"{location}: {message}{more}"
+    return f"{location}: {message}{more}" if location else f"{message}{more}"

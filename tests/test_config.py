@@ -141,3 +141,17 @@ def test_reset_sets_a_key_to_null(tmp_path):
     path = _write(tmp_path / "c.yaml", "padding_mode: edge\noutput: {dtype: float32}\n")
     config = load_config(path, {"padding_mode": RESET, "output.dtype": RESET})
     assert config.padding_mode is None and config.output.dtype is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("patch_size: 8\npatch_overlap: 3\n", "patch_overlap must be even"),
+        ("patch_size: [8, 8, 4]\npatch_overlap: 4\n", "must be smaller than patch_size"),
+    ],
+)
+def test_grid_overlap_errors_name_the_config(tmp_path, text, message):
+    path = _write(tmp_path / "grid.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: patch_overlap") and message in str(caught.value)
