@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/patchcli grid configs/grid.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --format nifti --output demo/out/grid_nifti --overwrite
 	$(BIN)/patchcli aggregate demo/out/grid.h5 --image t1 --output-dir demo/out/volumes --overwrite
-	$(BIN)/patchcli queue-sim configs/queue-sim.yaml --trace demo/out/trace.csv --plot demo/out/queue.png
+	$(BIN)/patchcli queue-sim configs/queue-sim.yaml --trace demo/out/trace.csv --plot demo/out/queue.png --overwrite
 	$(BIN)/patchcli memory configs/memory.yaml
 
 test: install

@@ -287,3 +287,15 @@ def test_example_configs_run(tmp_path):
     ):
         result = invoke(*args)
         assert result.exit_code == 0, (args, result.output)
+
+
+def test_queue_sim_refuses_existing_trace_and_plot_without_overwrite(tmp_path):
+    config = write_config(tmp_path / "q.yaml", num_subjects=2, samples_per_volume=2, max_length=2)
+    trace, plot = tmp_path / "t.csv", tmp_path / "q.png"
+    plot.write_text("keep")
+    result = invoke("queue-sim", config, "--trace", trace, "--plot", plot)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert not trace.exists() and plot.read_text() == "keep"
+    result = invoke("queue-sim", config, "--trace", trace, "--plot", plot, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert trace.read_text().startswith("epoch,") and plot.read_bytes()[:4] == b"\x89PNG"

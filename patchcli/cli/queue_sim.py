@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -51,9 +52,10 @@ def _list(values) -> str:
 )
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw the queue over time (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --trace and --plot files.")
 @run_command
 def queue_sim(
-    config: str, trace: str | None, plot: str | None, as_json: bool, **values: Any
+    config: str, trace: str | None, plot: str | None, as_json: bool, overwrite: bool, **values: Any
 ) -> None:
     """Simulate a TorchIO Queue: fills, splits, batch mixing, memory and waiting.
 
@@ -66,12 +68,16 @@ def queue_sim(
     """
     from ..config import load_config
     from ..errors import DataError
+    from ..io.atomic import check_output_free
     from ..queue import plot_queue, write_trace_csv
     from ..sizing import memory_from_config, simulate_from_config, timing_from_config
     from ..units import format_bytes
 
     options = QUEUE_OPTIONS + SIMULATION_OPTIONS
     loaded = load_config(config, config_overrides(options, values))
+    for output in (trace, plot):  # both checked before either is written
+        if output:
+            check_output_free(Path(output), overwrite)
     simulated = simulate_from_config(loaded)
     summary = simulated.summary()
     memory = None
@@ -85,9 +91,9 @@ def queue_sim(
         memory_note = "unavailable (give images and patch_size)"
     timing = timing_from_config(loaded, simulated)
     if trace:
-        write_trace_csv(simulated, trace)
+        write_trace_csv(simulated, trace, overwrite=overwrite)
     if plot:
-        plot_queue(simulated, plot)
+        plot_queue(simulated, plot, overwrite=overwrite)
 
     if as_json:
         result: dict[str, Any] = {"summary": summary.to_dict()}
