@@ -44,8 +44,6 @@ __all__ = ["OVERLAP_MODES", "GridAggregator", "aggregate_file", "hann_window", "
 OVERLAP_MODES = ("crop", "average", "hann")
 #: Bytes of patches read from the file at once by :func:`aggregate_file`.
 BLOCK_BYTES = 64 * 2**20
-_FORMAT_NAME = "patchcli-patches"
-_SUPPORTED_FORMAT_VERSION = 1
 
 
 def hann_window(patch_size: Sequence[int]) -> np.ndarray:
@@ -272,7 +270,9 @@ class GridAggregator:
             grid = _GridFile(Path(patches.filename), patches)
             row = grid.subject_row(subject)
         else:
-            with _open_hdf5(patches) as handle:
+            from .io.hdf5 import open_hdf5
+
+            with open_hdf5(patches) as handle:
                 grid = _GridFile(Path(patches), handle)
                 row = grid.subject_row(subject)
         return cls(
@@ -470,41 +470,16 @@ def _plain(value: Any) -> Any:
 # --- Files ------------------------------------------------------------------
 
 
-def _open_hdf5(path: str | os.PathLike):
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the Blosc filters of compressed files)
-
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder; aggregate reads HDF5 grid files")
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: not an HDF5 file ({reason})") from error
-
-
-def _strings(values: Any) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.ravel(values)]
-
-
 class _GridFile:
     """The validated geometry and subjects table of an open grid HDF5 file."""
 
     def __init__(self, path: Path, handle: Any) -> None:
+        from .io.hdf5 import check_patch_file, decode_strings, read_subjects
+
         self.path = path
         self.handle = handle
+        check_patch_file(handle, path)
         attributes = handle.attrs
-        if attributes.get("format") != _FORMAT_NAME or "patches" not in handle:
-            raise DataError(f"{path}: not a patchcli patch file (no format={_FORMAT_NAME!r})")
-        version = int(attributes.get("format_version", 0))
-        if version > _SUPPORTED_FORMAT_VERSION:
-            raise DataError(
-                f"{path}: format version {version} is newer than this patchcli reads "
-                f"({_SUPPORTED_FORMAT_VERSION}); upgrade patchcli"
-            )
         sampler = attributes.get("sampler")
         if sampler != "grid":
             raise DataError(
@@ -517,16 +492,16 @@ class _GridFile:
                 attributes["patch_overlap"].tolist(), "patch_overlap", minimum=0
             )
             self.padding = to_triplet(attributes["padding"].tolist(), "padding", minimum=0)
-            self.images = _strings(attributes["images"])
-            subjects = handle["subjects"]
-            self.ids = _strings(subjects["id"][()])
-            self.shapes = np.asarray(subjects["shape"][()], dtype=np.int64).reshape(-1, 3)
-            self.affines = np.asarray(subjects["affine"][()], dtype=np.float64).reshape(-1, 4, 4)
-            self.patch_starts = np.asarray(subjects["patch_start"][()], dtype=np.int64)
-            self.patch_counts = np.asarray(subjects["patch_count"][()], dtype=np.int64)
+            self.images = decode_strings(attributes["images"])
             self.num_rows = int(handle["locations"].shape[0])
         except (KeyError, ConfigError) as error:
             raise DataError(f"{path}: incomplete grid file ({error})") from error
+        subjects = read_subjects(handle, path)
+        self.ids = [subject.id for subject in subjects]
+        self.shapes = np.array([subject.shape for subject in subjects], np.int64).reshape(-1, 3)
+        self.affines = np.array([subject.affine for subject in subjects]).reshape(-1, 4, 4)
+        self.patch_starts = np.array([subject.patch_start for subject in subjects], np.int64)
+        self.patch_counts = np.array([subject.patch_count for subject in subjects], np.int64)
 
     def subject_row(self, subject: int | str) -> int:
         if isinstance(subject, (int, np.integer)) and not isinstance(subject, bool):
@@ -677,9 +652,8 @@ def aggregate_file(
 
         aggregate_file("grid.h5", "t1", "out")
     """
-    from tqdm import tqdm
-
     from .io.atomic import atomic_output, check_output_free
+    from .progress import progress_bar
     from .subjects import check_subject_id
 
     if overlap_mode not in OVERLAP_MODES:
@@ -687,7 +661,9 @@ def aggregate_file(
             f"overlap_mode must be one of {', '.join(OVERLAP_MODES)}, not {overlap_mode!r}"
         )
     patches_path, output_dir = Path(patches_path), Path(output_dir)
-    with _open_hdf5(patches_path) as handle:
+    from .io.hdf5 import open_hdf5
+
+    with open_hdf5(patches_path) as handle:
         grid = _GridFile(patches_path, handle)
         predictions = None
         if predictions_path is None:
@@ -696,7 +672,7 @@ def aggregate_file(
             name, dataset, factor = image, grid.image_dataset(image), (1, 1, 1)
         else:
             predictions_path = Path(predictions_path)
-            predictions = _open_hdf5(predictions_path)
+            predictions = open_hdf5(predictions_path)
         try:
             if predictions is not None:
                 name, dataset, factor = _prediction_dataset(
@@ -713,12 +689,7 @@ def aggregate_file(
                 outputs.append(path)
             output_dir.mkdir(parents=True, exist_ok=True)
             total = int(grid.patch_counts.sum())
-            bar = tqdm(
-                total=total,
-                unit="patch",
-                disable=None if progress is None else not progress,
-                dynamic_ncols=True,
-            )
+            bar = progress_bar(total, progress)
             with bar:
                 for row, path in enumerate(outputs):
                     volume = _aggregate_subject(

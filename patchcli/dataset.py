@@ -38,6 +38,7 @@ This is the only patchcli module that imports torch.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import operator
 import os
 from collections import OrderedDict
@@ -53,7 +54,14 @@ from h5py import h5s
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from .errors import DataError
-from .io.hdf5 import FORMAT_NAME, FORMAT_VERSION
+from .io.hdf5 import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    decode_strings,
+    open_hdf5,
+    open_patch_file,
+    read_subjects,
+)
 
 __all__ = ["PatchDataset", "PatchBatchSampler", "PatchSubject", "worker_generator"]
 
@@ -743,8 +751,7 @@ class _OpenFile:
     """An HDF5 patch file opened for reading in one process, with its datasets."""
 
     def __init__(self, path: Path) -> None:
-        _load_filters()
-        self.file = h5py.File(path, "r", locking=False)
+        self.file = open_hdf5(path)
         self._datasets: dict[str, h5py.h5d.DatasetID] = {}
 
     def dataset(self, name: str) -> h5py.h5d.DatasetID:
@@ -758,18 +765,6 @@ class _OpenFile:
         self._datasets.clear()
         if self.file.id.valid:
             self.file.close()
-
-
-_FILTERS_LOADED = False
-
-
-def _load_filters() -> None:
-    """Register the Blosc (lz4, zstd) filters before any read."""
-    global _FILTERS_LOADED
-    if not _FILTERS_LOADED:
-        import hdf5plugin  # noqa: F401 - registers the filters with HDF5
-
-        _FILTERS_LOADED = True
 
 
 def _torch_dtype(dtype: np.dtype, name: str, path: Path) -> torch.dtype:
@@ -795,18 +790,6 @@ def _concatenate(arrays: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.n
     return np.ascontiguousarray(np.concatenate(arrays).astype(np.int64, copy=False))
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _text(value.item())
-    return str(value)
-
-
-def _texts(values: Any) -> list[str]:
-    return [_text(v) for v in np.asarray(values).reshape(-1)]
-
-
 # --------------------------------------------------------------- file metadata
 def _read_source(path: Path) -> _Source:
     if not path.exists():
@@ -817,42 +800,16 @@ def _read_source(path: Path) -> _Source:
 
 
 def _read_hdf5(path: Path) -> _Source:
-    _load_filters()
-    try:
-        file = h5py.File(path, "r", locking=False)
-    except OSError:
-        raise DataError(f"{path}: not an HDF5 file, so not a patchcli patch file") from None
-    with file:
+    with open_patch_file(path) as file:
         attributes = file.attrs
-        found = _text(attributes["format"]) if "format" in attributes else None
-        if found != FORMAT_NAME:
-            raise DataError(
-                f"{path}: not a patchcli patch file (format attribute {found!r}, "
-                f"expected {FORMAT_NAME!r})"
-            )
-        version = int(attributes.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise DataError(
-                f"{path}: format_version {version} cannot be read by this patchcli "
-                f"(reads {FORMAT_VERSION})"
-            )
+        subjects = [dataclasses.asdict(record) for record in read_subjects(file, path)]
         try:
-            images = _texts(attributes["images"])
-            image_types = _texts(attributes["image_types"])
+            images = decode_strings(attributes["images"])
+            image_types = decode_strings(attributes["image_types"])
             patch_size = tuple(int(n) for n in attributes["patch_size"])
             padding = np.asarray(attributes.get("padding", np.zeros(3)), dtype=np.int64)
             locations = np.asarray(file["locations"][()], dtype=np.int64).reshape(-1, 6)
             subject_index = np.asarray(file["subject_index"][()], dtype=np.int64).reshape(-1)
-            group = file["subjects"]
-            ids = _texts(group["id"][()])
-            affines = np.asarray(group["affine"][()], dtype=np.float64).reshape(-1, 4, 4)
-            shapes = np.asarray(group["shape"][()], dtype=np.int64).reshape(-1, 3)
-            starts = np.asarray(group["patch_start"][()], dtype=np.int64).reshape(-1)
-            counts = np.asarray(group["patch_count"][()], dtype=np.int64).reshape(-1)
-            sources = {
-                name: _texts(group[f"source/{name}"][()]) if f"source/{name}" in group else None
-                for name in images
-            }
             channels = {}
             dtypes = {}
             for name in images:
@@ -878,19 +835,10 @@ def _read_hdf5(path: Path) -> _Source:
             f"{path}: /subject_index has {len(subject_index)} rows but /locations has "
             f"{len(locations)}"
         )
-    if len(subject_index) and (subject_index.min() < 0 or subject_index.max() >= len(ids)):
+    if len(subject_index) and (subject_index.min() < 0 or subject_index.max() >= len(subjects)):
         raise DataError(f"{path}: /subject_index points outside the subjects table")
-    subjects = [
-        dict(
-            id=ids[s],
-            shape=tuple(int(n) for n in shapes[s]),
-            affine=affines[s],
-            source={name: (paths[s] if paths else "") for name, paths in sources.items()},
-            patch_start=int(starts[s]),
-            patch_count=int(counts[s]),
-        )
-        for s in range(len(ids))
-    ]
+    for subject in subjects:  # images without a recorded source path
+        subject["source"] = {name: subject["source"].get(name, "") for name in images}
     return _Source(
         kind="hdf5",
         path=path,

@@ -32,6 +32,7 @@ from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning
 from .io.atomic import atomic_output
 from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
+from .progress import progress_bar
 from .sampling import (
     count_grid_patches,
     grid_locations,
@@ -467,8 +468,6 @@ def extract(
     -------
     ExtractionSummary
     """
-    from tqdm import tqdm
-
     started = time.perf_counter()
     plan = plan or plan_extraction(config, sampler)
     path = plan.output_path
@@ -481,12 +480,7 @@ def extract(
         for name, p in plan.images.items()
     }
     pool = _worker_pool(config.workers)
-    bar = tqdm(
-        total=plan.total_patches,
-        unit="patch",
-        disable=None if progress is None else not progress,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(plan.total_patches, progress)
     try:
         with (
             _DeferredInterrupt() as interrupt,

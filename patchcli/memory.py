@@ -387,11 +387,11 @@ def _build_model(
     num_workers: int,
     batch_size: int,
     sampler: str,
-    prefetch_factor: int,
-    cast_dtype: DTypeLike | None,
-    label_name: str | None,
-    label_probabilities: bool,
-    grid_padding: int | Sequence[int],
+    prefetch_factor: int = 2,
+    cast_dtype: DTypeLike | None = None,
+    label_name: str | None = None,
+    label_probabilities: bool = False,
+    grid_padding: int | Sequence[int] = 0,
 ) -> _MemoryModel:
     if len(subjects) == 0:
         raise ConfigError("the memory estimate needs at least one subject")
@@ -596,6 +596,11 @@ def max_length_for_budget(
         label_probabilities=label_probabilities,
         grid_padding=grid_padding,
     )
+    return _length_for_budget(model, budget)
+
+
+def _length_for_budget(model: _MemoryModel, budget: int) -> int:
+    """The largest max_length that fits ``budget``; ConfigError when none does."""
     length = _largest_fitting(model, budget)
     if length == 0:
         # The total grows with max_length within each family of lengths (those
@@ -624,13 +629,6 @@ def estimate_memory_for_budget(
     and the answer (``max_length``).
     """
     options.pop("max_length", None)
-    length = max_length_for_budget(budget_bytes, subjects, **options)
-    estimate = estimate_memory(subjects, max_length=length, **options)
-    return MemoryEstimate(
-        items=estimate.items,
-        total_bytes=estimate.total_bytes,
-        torchio_bytes=estimate.torchio_bytes,
-        torchio_pretty=estimate.torchio_pretty,
-        max_length=length,
-        budget_bytes=int(budget_bytes),
-    )
+    budget = _check_count(budget_bytes, "budget", 0)
+    model = _build_model(subjects, **options)  # once, for the answer and its estimate
+    return _estimate(model, _length_for_budget(model, budget), budget)

@@ -1,4 +1,4 @@
-"""The HDF5 patch file: one file per run (layout in docs/format.md).
+"""The HDF5 patch file: one file per run (layout in docs/format.md), written and read.
 
 Patches are written in blocks straight from the buffers they were cropped
 into. Each patch is one chunk, so reading a random patch touches exactly one
@@ -8,6 +8,7 @@ reads hundreds of times slower).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .writer import PatchWriter
+from ..errors import DataError
+from .writer import PatchWriter, SubjectRecord
 
 FORMAT_NAME = "patchcli-patches"
 FORMAT_VERSION = 1
@@ -148,3 +150,92 @@ class Hdf5PatchWriter(PatchWriter):
     def abort(self) -> None:
         if self.file.id.valid:
             self.file.close()
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def decode_strings(values) -> list[str]:
+    """HDF5 strings (bytes or str, any shape) as a flat list of str."""
+    return [
+        value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        for value in np.asarray(values, dtype=object).reshape(-1)
+    ]
+
+
+def open_hdf5(path: str | os.PathLike) -> h5py.File:
+    """Open an HDF5 file for reading, with the Blosc filters registered.
+
+    Without file locks: cluster file systems (NFS, Lustre) often refuse them and
+    reading does not need them. Errors are one-line :class:`DataError`.
+    """
+    import hdf5plugin  # noqa: F401  (registers the Blosc filters of lz4 and zstd files)
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an HDF5 file")
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: not an HDF5 file ({reason})") from None
+
+
+def check_patch_file(file: h5py.File, path: str | os.PathLike) -> None:
+    """Raise :class:`DataError` unless ``file`` is a patch file of a version this reads."""
+    attributes = file.attrs
+    found = decode_strings(attributes["format"])[0] if "format" in attributes else None
+    if found != FORMAT_NAME or "patches" not in file:
+        raise DataError(
+            f"{path}: not a patchcli patch file (format attribute {found!r}, "
+            f"expected {FORMAT_NAME!r})"
+        )
+    version = int(attributes.get("format_version", 0))
+    if not 1 <= version <= FORMAT_VERSION:
+        raise DataError(
+            f"{path}: format_version {version} cannot be read by this patchcli "
+            f"(it reads versions 1 to {FORMAT_VERSION})"
+        )
+
+
+def open_patch_file(path: str | os.PathLike) -> h5py.File:
+    """Open a patchcli HDF5 patch file, checking its format and version."""
+    file = open_hdf5(path)
+    try:
+        check_patch_file(file, path)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def read_subjects(file: h5py.File, path: str | os.PathLike) -> list[SubjectRecord]:
+    """The subjects table of an open patch file (``/subjects``)."""
+    try:
+        group = file["subjects"]
+        ids = decode_strings(group["id"][()])
+        affines = np.asarray(group["affine"][()], dtype=np.float64).reshape(-1, 4, 4)
+        shapes = np.asarray(group["shape"][()], dtype=np.int64).reshape(-1, 3)
+        starts = np.asarray(group["patch_start"][()], dtype=np.int64).reshape(-1)
+        counts = np.asarray(group["patch_count"][()], dtype=np.int64).reshape(-1)
+        sources = {
+            name: decode_strings(group["source"][name][()])
+            for name in (group["source"] if "source" in group else ())
+        }
+    except KeyError as error:
+        raise DataError(
+            f"{path}: incomplete patchcli patch file (missing {error.args[0]!s})"
+        ) from None
+    return [
+        SubjectRecord(
+            id=ids[row],
+            affine=affines[row],
+            shape=tuple(int(n) for n in shapes[row]),  # type: ignore[arg-type]
+            source={name: paths[row] for name, paths in sources.items()},
+            patch_start=int(starts[row]),
+            patch_count=int(counts[row]),
+        )
+        for row in range(len(ids))
+    ]
