@@ -17,19 +17,24 @@ from .sampling.grid import grid_padding
 from .subjects import SubjectSpec, read_manifest, read_subject_headers
 
 
-def _specs(config: Config) -> list[SubjectSpec] | None:
+def read_subjects_manifest(config: Config) -> list[SubjectSpec] | None:
+    """The config's subjects (None when it gives ``num_subjects`` instead).
+
+    Read it once and pass it to the functions below; given None they read it
+    themselves (no I/O when the config has no manifest).
+    """
     if config.subjects is None:
         return None
     return read_manifest(config.subjects, list(config.images))
 
 
-def samples_per_subject(config: Config) -> list[int]:
+def samples_per_subject(config: Config, specs: list[SubjectSpec] | None = None) -> list[int]:
     """Patches per subject per epoch: its ``num_samples``, else ``samples_per_volume``.
 
     Needs no image data: the manifest, or ``num_subjects``.
     """
     default = config.samples_per_volume or config.num_patches
-    specs = _specs(config)
+    specs = specs if specs is not None else read_subjects_manifest(config)
     if specs is None:
         if config.num_subjects is None:
             raise ConfigError("give subjects (a manifest or a list) or num_subjects")
@@ -47,11 +52,11 @@ def samples_per_subject(config: Config) -> list[int]:
     return counts
 
 
-def subject_images(config: Config) -> list[list[ImageInfo]]:
+def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> list[list[ImageInfo]]:
     """The images of every subject, from headers only or from the config's geometry."""
     if not config.images:
         raise ConfigError("images is required: a mapping of image name to type")
-    specs = _specs(config)
+    specs = specs if specs is not None else read_subjects_manifest(config)
     if specs is None:
         missing = [name for name, spec in config.images.items() if spec.shape is None]
         if missing:
@@ -100,8 +105,9 @@ def memory_from_config(
     subjects: list[list[ImageInfo]] | None = None,
 ) -> MemoryEstimate:
     """TorchIO's figure and the realistic itemised peak; with a budget, the largest max_length."""
-    subjects = subject_images(config) if subjects is None else subjects
-    counts = samples_per_subject(config)
+    specs = read_subjects_manifest(config)
+    subjects = subject_images(config, specs) if subjects is None else subjects
+    counts = samples_per_subject(config, specs)
     options = _model_options(config)
     if budget_bytes is not None:
         return estimate_memory_for_budget(

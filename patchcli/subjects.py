@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,6 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .io.volumes import Header, read_header, read_volume
-
-RESERVED_COLUMNS = ("subject", "id", "num_samples")
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,6 @@ class LoadedSubject:
     volumes: dict[str, np.ndarray]
     affine: np.ndarray
     spatial_shape: tuple[int, int, int]
-    dtypes: dict[str, np.dtype] = field(default_factory=dict)
 
 
 #: Files at the top of a NIfTI output folder: no subject folder may take their names.
@@ -212,5 +209,4 @@ def load_subject(spec: SubjectSpec, reader: str = "auto", tolerance: float = 1e-
         volumes=volumes,
         affine=first[1],
         spatial_shape=tuple(int(n) for n in first[0]),  # type: ignore[arg-type]
-        dtypes={name: array.dtype for name, array in volumes.items()},
     )

@@ -163,14 +163,6 @@ def show_progress(quiet: bool) -> bool | None:
     return False if quiet else None
 
 
-def echo_summary(text: str) -> None:
-    click.echo(text)
-
-
-def environment_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")
-
-
 # An option that overrides a config key: (option name, config key, click keyword arguments).
 ConfigOption = tuple[str, str, dict[str, Any]]
 

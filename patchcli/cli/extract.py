@@ -13,7 +13,6 @@ from .common import (
     ProbabilitiesType,
     TripletType,
     config_overrides,
-    echo_summary,
     run_command,
     show_progress,
     with_config_options,
@@ -121,7 +120,7 @@ def _make_command(sampler: str) -> click.Command:
 
         loaded = load_config(config, config_overrides(options, values))
         result = extract(loaded, sampler, overwrite=overwrite, progress=show_progress(quiet))
-        echo_summary(
+        click.echo(
             f"{sampler}: {result.patches} patches from {result.subjects} subjects, "
             f"{format_bytes(result.bytes_written)} written to {result.path} "
             f"in {result.seconds:.1f} s"
