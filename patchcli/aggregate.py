@@ -256,7 +256,8 @@ class GridAggregator:
         Parameters
         ----------
         patches : path or h5py.File
-            A grid file written by ``patchcli grid`` (or an open handle on one).
+            A grid output written by ``patchcli grid`` (an HDF5 file, a merge
+            of grid shards, or a NIfTI folder), or an open h5py handle on one.
         subject : int or str
             The subject's row in ``/subjects`` or its id.
         overlap_mode, downsampling_factor, channels, dtype
@@ -266,15 +267,11 @@ class GridAggregator:
         -------
         GridAggregator
         """
-        if hasattr(patches, "attrs"):
-            grid = _GridFile(Path(patches.filename), patches)
-            row = grid.subject_row(subject)
-        else:
-            from .io.hdf5 import open_hdf5
+        from .io.reader import read_patch_output
 
-            with open_hdf5(patches) as handle:
-                grid = _GridFile(Path(patches), handle)
-                row = grid.subject_row(subject)
+        path = Path(patches.filename) if hasattr(patches, "attrs") else Path(patches)
+        grid = _GridFile(read_patch_output(path))
+        row = grid.subject_row(subject)
         return cls(
             grid.shapes[row],
             grid.patch_size,
@@ -471,32 +468,29 @@ def _plain(value: Any) -> Any:
 
 
 class _GridFile:
-    """The validated geometry and subjects table of an open grid HDF5 file."""
+    """The validated geometry and subjects table of a grid output."""
 
-    def __init__(self, path: Path, handle: Any) -> None:
-        from .io.hdf5 import check_patch_file, decode_strings, read_subjects
-
-        self.path = path
-        self.handle = handle
-        check_patch_file(handle, path)
-        attributes = handle.attrs
-        sampler = attributes.get("sampler")
+    def __init__(self, output: Any) -> None:
+        self.output = output
+        self.path = path = output.path
+        sampler = output.sampler
         if sampler != "grid":
             raise DataError(
-                f"{path}: holds {sampler!r} patches, not 'grid' ones; only a grid file "
+                f"{path}: holds {sampler!r} patches, not 'grid' ones; only a grid output "
                 "(patchcli grid) can be aggregated"
             )
+        attributes = output.attributes
         try:
-            self.patch_size = to_triplet(attributes["patch_size"].tolist(), "patch_size")
+            self.patch_size = to_triplet(list(output.patch_size), "patch_size")
             self.patch_overlap = to_triplet(
-                attributes["patch_overlap"].tolist(), "patch_overlap", minimum=0
+                list(attributes["patch_overlap"]), "patch_overlap", minimum=0
             )
-            self.padding = to_triplet(attributes["padding"].tolist(), "padding", minimum=0)
-            self.images = decode_strings(attributes["images"])
-            self.num_rows = int(handle["locations"].shape[0])
-        except (KeyError, ConfigError) as error:
+            self.padding = to_triplet(output.padding.tolist(), "padding", minimum=0)
+        except (KeyError, TypeError, ConfigError) as error:
             raise DataError(f"{path}: incomplete grid file ({error})") from error
-        subjects = read_subjects(handle, path)
+        self.images = output.images
+        self.num_rows = output.num_patches
+        subjects = output.subjects
         self.ids = [subject.id for subject in subjects]
         self.shapes = np.array([subject.shape for subject in subjects], np.int64).reshape(-1, 3)
         self.affines = np.array([subject.affine for subject in subjects]).reshape(-1, 4, 4)
@@ -516,18 +510,38 @@ class _GridFile:
         start, count = int(self.patch_starts[row]), int(self.patch_counts[row])
         return start, start + count
 
-    def image_dataset(self, image: str) -> Any:
-        if image not in self.images or image not in self.handle["patches"]:
+    def image_rows(self, image: str) -> _Rows:
+        """The grid's own patches of ``image``, as rows to aggregate."""
+        if image not in self.images:
             raise DataError(
                 f"{self.path}: no image {image!r}; available: {', '.join(self.images) or 'none'}"
             )
-        return self.handle["patches"][image]
+        from .io.reader import HandleCache
+
+        self.output.complete_image_info([image])
+        handles = HandleCache(max_open=8)
+        return _Rows(
+            (self.output.channels[image], *self.patch_size),
+            self.output.dtypes[image],
+            lambda start, count, out: self.output.read_rows(image, start, count, out, handles),
+            handles.close,
+        )
+
+
+class _Rows:
+    """Rows of patches to aggregate: their (C, x, y, z) shape, dtype, and a block reader."""
+
+    def __init__(self, shape, dtype, read, close=lambda: None) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.read = read
+        self.close = close
 
 
 def _prediction_dataset(
     path: Path, handle: Any, name: str | None, image: str | None, grid: _GridFile
-) -> tuple[str, Any, Triplet]:
-    """The predictions' dataset, its name and the downsampling factor, all checked."""
+) -> tuple[str, _Rows, Triplet]:
+    """The predictions' rows, their name and the downsampling factor, all checked."""
     group = handle.get("patches")
     available = sorted(group) if group is not None and hasattr(group, "keys") else []
     if name is None:
@@ -556,7 +570,7 @@ def _prediction_dataset(
         )
     if "locations" in handle:
         own = handle["locations"][()]
-        if own.shape != (grid.num_rows, 6) or not np.array_equal(own, grid.handle["locations"][()]):
+        if own.shape != (grid.num_rows, 6) or not np.array_equal(own, grid.output.locations):
             raise DataError(f"{path}: /locations differ from the grid locations of {grid.path}")
     spatial = tuple(int(n) for n in dataset.shape[2:])
     if any(n < 1 or p % n for p, n in zip(grid.patch_size, spatial, strict=True)):
@@ -567,7 +581,14 @@ def _prediction_dataset(
     factor = to_triplet(
         [p // n for p, n in zip(grid.patch_size, spatial, strict=True)], "downsampling factor"
     )
-    return name, dataset, factor
+    rows = _Rows(
+        dataset.shape[1:],
+        dataset.dtype,
+        lambda start, count, out: dataset.read_direct(
+            out, np.s_[start : start + count], np.s_[0:count]
+        ),
+    )
+    return name, rows, factor
 
 
 def _check_name(name: str, where: Path) -> None:
@@ -618,7 +639,8 @@ def aggregate_file(
     Parameters
     ----------
     patches_path : path
-        A grid file written by ``patchcli grid``.
+        A grid output written by ``patchcli grid``: an HDF5 file, a merge of
+        grid shards, or a NIfTI folder.
     image : str or None
         The image of the grid file to reassemble. With ``predictions_path`` it
         is the default for ``prediction_name`` and may be None.
@@ -652,63 +674,76 @@ def aggregate_file(
 
         aggregate_file("grid.h5", "t1", "out")
     """
-    from .io.atomic import atomic_output, check_output_free
-    from .progress import progress_bar
-    from .subjects import check_subject_id
-
     if overlap_mode not in OVERLAP_MODES:
         raise ConfigError(
             f"overlap_mode must be one of {', '.join(OVERLAP_MODES)}, not {overlap_mode!r}"
         )
     patches_path, output_dir = Path(patches_path), Path(output_dir)
     from .io.hdf5 import open_hdf5
+    from .io.reader import read_patch_output
 
-    with open_hdf5(patches_path) as handle:
-        grid = _GridFile(patches_path, handle)
-        predictions = None
-        if predictions_path is None:
-            if image is None:
-                raise ConfigError(f"{patches_path}: give the image to aggregate")
-            name, dataset, factor = image, grid.image_dataset(image), (1, 1, 1)
-        else:
-            predictions_path = Path(predictions_path)
-            predictions = open_hdf5(predictions_path)
+    grid = _GridFile(read_patch_output(patches_path))
+    if predictions_path is None:
+        if image is None:
+            raise ConfigError(f"{patches_path}: give the image to aggregate")
+        _check_name(image, patches_path)
+        rows = grid.image_rows(image)
         try:
-            if predictions is not None:
-                name, dataset, factor = _prediction_dataset(
-                    predictions_path, predictions, prediction_name, image, grid
-                )
-            _check_name(name, predictions_path or patches_path)
-            outputs = []
-            for subject_id in grid.ids:
-                check_subject_id(subject_id, str(patches_path))
-                path = output_dir / f"{subject_id}_{name}.nii.gz"
-                if path in outputs:
-                    raise DataError(f"{patches_path}: subject id {subject_id!r} appears twice")
-                check_output_free(path, overwrite)
-                outputs.append(path)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            total = int(grid.patch_counts.sum())
-            bar = progress_bar(total, progress)
-            with bar:
-                for row, path in enumerate(outputs):
-                    volume = _aggregate_subject(
-                        grid, row, dataset, factor, overlap_mode, dtype, bar
-                    )
-                    affine = output_affine(grid.affines[row], factor)
-                    with atomic_output(path, overwrite) as temporary:
-                        _write_nifti(temporary, volume, affine)
-                    del volume
+            return _aggregate_all(
+                grid, rows, image, (1, 1, 1), output_dir, overlap_mode, dtype, overwrite, progress
+            )
         finally:
-            if predictions is not None:
-                predictions.close()
+            rows.close()
+    predictions_path = Path(predictions_path)
+    with open_hdf5(predictions_path) as predictions:
+        name, rows, factor = _prediction_dataset(
+            predictions_path, predictions, prediction_name, image, grid
+        )
+        _check_name(name, predictions_path)
+        return _aggregate_all(
+            grid, rows, name, factor, output_dir, overlap_mode, dtype, overwrite, progress
+        )
+
+
+def _aggregate_all(
+    grid: _GridFile,
+    rows: _Rows,
+    name: str,
+    factor: Triplet,
+    output_dir: Path,
+    overlap_mode: str,
+    dtype: Any,
+    overwrite: bool,
+    progress: bool | None,
+) -> list[Path]:
+    """Every subject of ``grid`` aggregated from ``rows`` into ``DIR/<subject>_<name>.nii.gz``."""
+    from .io.atomic import atomic_output, check_output_free
+    from .progress import progress_bar
+    from .subjects import check_subject_id
+
+    outputs = []
+    for subject_id in grid.ids:
+        check_subject_id(subject_id, str(grid.path))
+        path = output_dir / f"{subject_id}_{name}.nii.gz"
+        if path in outputs:
+            raise DataError(f"{grid.path}: subject id {subject_id!r} appears twice")
+        check_output_free(path, overwrite)
+        outputs.append(path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with progress_bar(int(grid.patch_counts.sum()), progress) as bar:
+        for row, path in enumerate(outputs):
+            volume = _aggregate_subject(grid, row, rows, factor, overlap_mode, dtype, bar)
+            affine = output_affine(grid.affines[row], factor)
+            with atomic_output(path, overwrite) as temporary:
+                _write_nifti(temporary, volume, affine)
+            del volume
     return outputs
 
 
 def _aggregate_subject(
     grid: _GridFile,
     row: int,
-    dataset: Any,
+    rows: _Rows,
     factor: Triplet,
     overlap_mode: str,
     dtype: Any,
@@ -719,7 +754,7 @@ def _aggregate_subject(
     first, last = grid.rows(row)
     shape = tuple(int(n) for n in grid.shapes[row])
     padded_shape = tuple(n + 2 * p for n, p in zip(shape, grid.padding, strict=True))
-    locations = grid.handle["locations"][first:last]
+    locations = grid.output.locations[first:last]
     expected = grid_locations(padded_shape, grid.patch_size, grid.patch_overlap)
     if not np.array_equal(locations, expected):
         raise DataError(
@@ -734,17 +769,17 @@ def _aggregate_subject(
             padding=grid.padding,
             overlap_mode=overlap_mode,
             downsampling_factor=factor,
-            channels=int(dataset.shape[1]),
+            channels=rows.shape[0],
             dtype=dtype,
         )
     except (ConfigError, DataError) as error:
         raise DataError(f"{grid.path}: subject {subject_id!r}: {error}") from error
-    patch_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+    patch_bytes = int(np.prod(rows.shape)) * rows.dtype.itemsize
     block = max(1, min(last - first, BLOCK_BYTES // max(1, patch_bytes)))
-    buffer = np.empty((block, *dataset.shape[1:]), dtype=dataset.dtype)
+    buffer = np.empty((block, *rows.shape), dtype=rows.dtype)
     for start in range(first, last, block):
         count = min(block, last - start)
-        dataset.read_direct(buffer, np.s_[start : start + count], np.s_[0:count])
+        rows.read(start, count, buffer[:count])
         aggregator.add_batch(buffer[:count], locations[start - first : start - first + count])
         bar.update(count)
     del buffer

@@ -124,6 +124,8 @@ class Config(_Strict):
     affine_tolerance: float = Field(default=1e-4, ge=0)
     block_size: str = "64MiB"
     workers: int = Field(default=0, ge=0)
+    #: ``I/N`` (the I-th of N blocks of the manifest, 0-based) or ``auto`` (patchcli.shards).
+    shard: str | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
     # Queue settings (queue-sim, memory), TorchIO's names.
     sampler: Literal["uniform", "weighted", "label", "grid"] = "uniform"
@@ -161,6 +163,19 @@ class Config(_Strict):
     @classmethod
     def _padding_mode(cls, value: Any) -> Any:
         return _as_value_error(check_padding_mode, value)
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard(cls, value: Any) -> Any:
+        # Checked here so that a typo names the config file; "auto" is resolved at run time.
+        if value is None:
+            return None
+        text = str(value).strip()
+        if text.lower() == "auto":
+            return "auto"
+        from .shards import parse_shard
+
+        return str(_as_value_error(parse_shard, text))
 
     @field_validator("patch_size")
     @classmethod

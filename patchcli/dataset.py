@@ -14,9 +14,12 @@ unchanged::
 
 Reading is built for ``DataLoader`` workers:
 
-- HDF5 files are opened lazily, once per process, and kept open; a process
-  that finds handles opened by its parent (after a fork) opens its own and
-  never touches the inherited ones. Pickling (``spawn``) drops the handles.
+- Files are read through patchcli's own reader of the layout
+  (:mod:`patchcli.io.reader`): HDF5 files are opened lazily, once per
+  process, and kept open; a process that finds handles opened by its parent
+  (after a fork) opens its own and never touches the inherited ones.
+  Pickling (``spawn``) drops the handles. A virtual merge (``patchcli
+  merge``) is read from its shards directly, after checking they are there.
 - Files are opened with ``locking=False``: NFS and Lustre often refuse HDF5's
   file locks, and reading does not need them.
 - Only the small tables (locations, subject of each row, subjects) live in
@@ -37,31 +40,19 @@ This is the only patchcli module that imports torch.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import operator
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
-from h5py import h5s
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from .errors import DataError
-from .io.hdf5 import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    decode_strings,
-    open_hdf5,
-    open_patch_file,
-    read_subjects,
-)
+from .io.reader import HandleCache, PatchOutput, read_patch_output
 
 __all__ = ["PatchDataset", "PatchBatchSampler", "PatchSubject", "worker_generator"]
 
@@ -100,31 +91,6 @@ class PatchSubject:
     patch_start: int
     patch_count: int
     file: Path
-
-
-@dataclass
-class _Source:
-    """What one patch file (or NIfTI folder) holds, read once at construction."""
-
-    kind: str  # "hdf5" or "nifti"
-    path: Path
-    images: list[str]
-    image_types: list[str]
-    patch_size: tuple[int, int, int]
-    padding: np.ndarray  # (3,) voxels added on each side by a padded grid
-    locations: np.ndarray  # (n, 6) int64
-    subject_index: np.ndarray  # (n,) int64, rows of this source's subjects table
-    subjects: list[dict[str, Any]]
-    channels: dict[str, int] = field(default_factory=dict)
-    dtypes: dict[str, np.dtype] = field(default_factory=dict)
-    # NIfTI only: image name -> (n,) array of file paths relative to the folder. A
-    # numpy array rather than a list of str: forked workers touching the refcounts
-    # of millions of small objects would copy them page by page.
-    nifti_files: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def num_patches(self) -> int:
-        return len(self.locations)
 
 
 class PatchDataset(Dataset):
@@ -188,15 +154,14 @@ class PatchDataset(Dataset):
         images: str | Sequence[str] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
-        self._open_files: OrderedDict[int, _OpenFile] = OrderedDict()
-        self._pid = os.getpid()
+        self._handles = HandleCache(self.max_open_files)
         if isinstance(path, (str, os.PathLike)):
             paths = [Path(path)]
         else:
             paths = [Path(item) for item in path]
         if not paths:
             raise DataError("PatchDataset: no patch file given")
-        sources = [_read_source(item) for item in paths]
+        sources = [read_patch_output(item) for item in paths]
         first = sources[0]
         for source in sources[1:]:
             _check_same_layout(first, source)
@@ -206,7 +171,7 @@ class PatchDataset(Dataset):
         self.patch_size: tuple[int, int, int] = first.patch_size
         self.images = _select_images(images, first)
         for source in sources:
-            _complete_image_info(source, self.images)
+            source.complete_image_info(self.images)
         for source in sources[1:]:
             _check_same_images(first, source, self.images)
         self.transform = transform
@@ -234,12 +199,12 @@ class PatchDataset(Dataset):
             for row in source.subjects:
                 subjects.append(
                     PatchSubject(
-                        id=row["id"],
-                        shape=row["shape"],
-                        affine=row["affine"],
-                        source=row["source"],
-                        patch_start=int(start + row["patch_start"]),
-                        patch_count=int(row["patch_count"]),
+                        id=row.id,
+                        shape=row.shape,
+                        affine=row.affine,
+                        source=row.source,
+                        patch_start=int(start + row.patch_start),
+                        patch_count=int(row.patch_count),
                         file=source.path,
                     )
                 )
@@ -454,15 +419,9 @@ class PatchDataset(Dataset):
     # ------------------------------------------------------------ file handles
     def close(self) -> None:
         """Close the files this process opened. Reading again reopens them."""
-        open_files = getattr(self, "_open_files", None)
-        if not open_files:
-            return
-        if self._pid == os.getpid():
-            for handle in open_files.values():
-                handle.close()
-        else:
-            _forget_inherited(open_files.values())
-        open_files.clear()
+        handles = getattr(self, "_handles", None)
+        if handles is not None:
+            handles.close()
 
     def __enter__(self) -> PatchDataset:
         return self
@@ -475,16 +434,6 @@ class PatchDataset(Dataset):
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser (e.g. at interpreter exit)
             pass
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Handles never travel to another process (spawn pickles the dataset).
-        state = self.__dict__.copy()
-        state["_open_files"] = OrderedDict()
-        state["_pid"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         if len(self.paths) == 1:
@@ -582,41 +531,9 @@ class PatchDataset(Dataset):
             number = 0
         else:
             number = int(np.searchsorted(self._starts, row, side="right") - 1)
-        source = self._sources[number]
+        self._handles.max_open = self.max_open_files
         local = row - int(self._starts[number])
-        if source.kind == "hdf5":
-            dataset = self._dataset(number, name)
-            file_space = dataset.get_space()
-            file_space.select_hyperslab((local, 0, 0, 0, 0), (count, *out.shape[1:]))
-            memory_space = h5s.create_simple(out.shape)
-            # DatasetID.read is what Dataset.read_direct calls, without
-            # re-parsing a selection object for every patch.
-            dataset.read(memory_space, file_space, out)
-        else:
-            for offset in range(count):
-                out[offset] = _read_nifti_patch(
-                    source.path / str(source.nifti_files[name][local + offset]),
-                    out.shape[1:],
-                )
-
-    def _dataset(self, number: int, name: str) -> h5py.h5d.DatasetID:
-        """The low-level dataset of an image in source ``number``, opened once per process."""
-        pid = os.getpid()
-        if pid != self._pid:
-            # Handles inherited through fork belong to the parent: open our own.
-            _forget_inherited(self._open_files.values())
-            self._open_files = OrderedDict()
-            self._pid = pid
-        handle = self._open_files.get(number)
-        if handle is None:
-            while len(self._open_files) >= max(1, self.max_open_files):
-                _, oldest = self._open_files.popitem(last=False)
-                oldest.close()
-            handle = _OpenFile(self._sources[number].path)
-            self._open_files[number] = handle
-        else:
-            self._open_files.move_to_end(number)
-        return handle.dataset(name)
+        self._sources[number].read_rows(name, local, count, out, self._handles)
 
 
 class PatchBatchSampler(Sampler[list[int]]):
@@ -737,35 +654,6 @@ def worker_generator() -> np.random.Generator:
 
 _GENERATORS: dict[tuple[int, int], np.random.Generator] = {}
 
-# Handles opened by a parent process and found after a fork. They are kept
-# referenced and never closed here: the HDF5 state behind them belongs to the
-# parent, and h5py objects must not be used across a fork.
-_INHERITED_HANDLES: list[Any] = []
-
-
-def _forget_inherited(handles: Iterable[_OpenFile]) -> None:
-    _INHERITED_HANDLES.extend(handles)
-
-
-class _OpenFile:
-    """An HDF5 patch file opened for reading in one process, with its datasets."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = open_hdf5(path)
-        self._datasets: dict[str, h5py.h5d.DatasetID] = {}
-
-    def dataset(self, name: str) -> h5py.h5d.DatasetID:
-        dataset = self._datasets.get(name)
-        if dataset is None:
-            dataset = self.file[f"patches/{name}"].id
-            self._datasets[name] = dataset
-        return dataset
-
-    def close(self) -> None:
-        self._datasets.clear()
-        if self.file.id.valid:
-            self.file.close()
-
 
 def _torch_dtype(dtype: np.dtype, name: str, path: Path) -> torch.dtype:
     try:
@@ -790,192 +678,7 @@ def _concatenate(arrays: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.n
     return np.ascontiguousarray(np.concatenate(arrays).astype(np.int64, copy=False))
 
 
-# --------------------------------------------------------------- file metadata
-def _read_source(path: Path) -> _Source:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return _read_nifti_folder(path)
-    return _read_hdf5(path)
-
-
-def _read_hdf5(path: Path) -> _Source:
-    with open_patch_file(path) as file:
-        attributes = file.attrs
-        subjects = [dataclasses.asdict(record) for record in read_subjects(file, path)]
-        try:
-            images = decode_strings(attributes["images"])
-            image_types = decode_strings(attributes["image_types"])
-            patch_size = tuple(int(n) for n in attributes["patch_size"])
-            padding = np.asarray(attributes.get("padding", np.zeros(3)), dtype=np.int64)
-            locations = np.asarray(file["locations"][()], dtype=np.int64).reshape(-1, 6)
-            subject_index = np.asarray(file["subject_index"][()], dtype=np.int64).reshape(-1)
-            channels = {}
-            dtypes = {}
-            for name in images:
-                dataset = file[f"patches/{name}"]
-                if dataset.ndim != 5 or tuple(dataset.shape[2:]) != patch_size:
-                    raise DataError(
-                        f"{path}: /patches/{name} has shape {dataset.shape}, expected "
-                        f"(N, C, {', '.join(map(str, patch_size))})"
-                    )
-                if dataset.shape[0] != len(locations):
-                    raise DataError(
-                        f"{path}: /patches/{name} has {dataset.shape[0]} rows but /locations "
-                        f"has {len(locations)}"
-                    )
-                channels[name] = int(dataset.shape[1])
-                dtypes[name] = dataset.dtype.newbyteorder("=")
-        except KeyError as error:
-            raise DataError(
-                f"{path}: incomplete patchcli patch file (missing {error.args[0]!s})"
-            ) from None
-    if len(subject_index) != len(locations):
-        raise DataError(
-            f"{path}: /subject_index has {len(subject_index)} rows but /locations has "
-            f"{len(locations)}"
-        )
-    if len(subject_index) and (subject_index.min() < 0 or subject_index.max() >= len(subjects)):
-        raise DataError(f"{path}: /subject_index points outside the subjects table")
-    for subject in subjects:  # images without a recorded source path
-        subject["source"] = {name: subject["source"].get(name, "") for name in images}
-    return _Source(
-        kind="hdf5",
-        path=path,
-        images=images,
-        image_types=image_types,
-        patch_size=patch_size,  # type: ignore[arg-type]
-        padding=padding.reshape(3),
-        locations=locations,
-        subject_index=subject_index,
-        subjects=subjects,
-        channels=channels,
-        dtypes=dtypes,
-    )
-
-
-def _read_nifti_folder(folder: Path) -> _Source:
-    import yaml
-
-    from .io.atomic import FOLDER_MARKER
-    from .io.nifti import CSV_NAME
-
-    metadata_path = folder / FOLDER_MARKER
-    table_path = folder / CSV_NAME
-    if not metadata_path.is_file():
-        raise DataError(f"{folder}: not a patchcli NIfTI output folder (no {FOLDER_MARKER})")
-    try:
-        with open(metadata_path, encoding="utf-8") as stream:
-            metadata = yaml.safe_load(stream)
-    except yaml.YAMLError as error:
-        raise DataError(f"{metadata_path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
-        raise DataError(f"{metadata_path}: not a patchcli output description")
-    version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DataError(
-            f"{metadata_path}: format_version {version} cannot be read by this patchcli "
-            f"(reads {FORMAT_VERSION})"
-        )
-    if not table_path.is_file():
-        raise DataError(f"{folder}: no {CSV_NAME}; the output is incomplete")
-    try:
-        images = [str(name) for name in metadata["images"]]
-        image_types = [str(kind) for kind in metadata["image_types"]]
-        patch_size = tuple(int(n) for n in metadata["patch_size"])
-        padding = np.asarray(metadata.get("padding") or [0, 0, 0], dtype=np.int64).reshape(3)
-        subject_rows = metadata["subjects"] or []
-    except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{metadata_path}: missing or invalid entry ({error})") from None
-
-    position_of = {str(row["id"]): number for number, row in enumerate(subject_rows)}
-    locations = []
-    subject_index = []
-    files: dict[str, list[str]] = {name: [] for name in images}
-    with open(table_path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        expected = ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *images]
-        if reader.fieldnames != expected:
-            raise DataError(
-                f"{table_path}: header {reader.fieldnames} does not match the images of "
-                f"{FOLDER_MARKER} (expected {expected})"
-            )
-        for line_number, row in enumerate(reader, start=2):
-            subject = row["subject"]
-            if subject not in position_of:
-                raise DataError(f"{table_path}: line {line_number}: unknown subject {subject!r}")
-            subject_index.append(position_of[subject])
-            try:
-                locations.append([int(row[key]) for key in ("i0", "j0", "k0", "i1", "j1", "k1")])
-            except ValueError:
-                raise DataError(f"{table_path}: line {line_number}: invalid location") from None
-            for name in images:
-                files[name].append(row[name])
-    subject_array = np.asarray(subject_index, dtype=np.int64)
-    subjects = []
-    for number, row in enumerate(subject_rows):
-        rows = np.flatnonzero(subject_array == number)
-        subjects.append(
-            dict(
-                id=str(row["id"]),
-                shape=tuple(int(n) for n in row["shape"]),
-                affine=np.asarray(row["affine"], dtype=np.float64).reshape(4, 4),
-                source={str(k): str(v) for k, v in (row.get("source") or {}).items()},
-                patch_start=int(rows[0]) if len(rows) else int(row.get("patch_start", 0)),
-                patch_count=len(rows),
-            )
-        )
-    return _Source(
-        kind="nifti",
-        path=folder,
-        images=images,
-        image_types=image_types,
-        patch_size=patch_size,  # type: ignore[arg-type]
-        padding=padding,
-        locations=np.asarray(locations, dtype=np.int64).reshape(-1, 6),
-        subject_index=subject_array,
-        subjects=subjects,
-        nifti_files={name: np.array(paths, dtype=str) for name, paths in files.items()},
-    )
-
-
-def _complete_image_info(source: _Source, images: list[str]) -> None:
-    """Channels and dtype of the selected images of a NIfTI folder, from its first patch."""
-    if source.kind != "nifti":
-        return
-    import nibabel as nib
-
-    for name in images:
-        if name in source.channels:
-            continue
-        if source.num_patches == 0:
-            source.channels[name], source.dtypes[name] = 1, np.dtype(np.float32)
-            continue
-        path = source.path / str(source.nifti_files[name][0])
-        try:
-            header = nib.load(path).header
-        except (OSError, nib.filebasedimages.ImageFileError) as error:
-            raise DataError(f"{path}: cannot read the patch ({error})") from None
-        shape = tuple(int(n) for n in header.get_data_shape())
-        source.channels[name] = shape[3] if len(shape) == 4 else 1
-        source.dtypes[name] = np.dtype(header.get_data_dtype()).newbyteorder("=")
-
-
-def _read_nifti_patch(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """A (C, X, Y, Z) patch from one NIfTI file (a 4D file holds channels last)."""
-    import nibabel as nib
-
-    try:
-        data = np.asanyarray(nib.load(path).dataobj)
-    except (OSError, nib.filebasedimages.ImageFileError) as error:
-        raise DataError(f"{path}: cannot read the patch ({error})") from None
-    data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
-    if data.shape != tuple(shape):
-        raise DataError(f"{path}: patch shape {data.shape}, expected {tuple(shape)}")
-    return data
-
-
-def _select_images(images: str | Sequence[str] | None, source: _Source) -> list[str]:
+def _select_images(images: str | Sequence[str] | None, source: PatchOutput) -> list[str]:
     if images is None:
         selected = list(source.images)
     else:
@@ -998,7 +701,7 @@ def _select_images(images: str | Sequence[str] | None, source: _Source) -> list[
     return selected
 
 
-def _check_same_layout(first: _Source, other: _Source) -> None:
+def _check_same_layout(first: PatchOutput, other: PatchOutput) -> None:
     if other.images != first.images:
         raise DataError(
             f"{other.path}: images {other.images} differ from {first.path}'s {first.images}"
@@ -1010,7 +713,7 @@ def _check_same_layout(first: _Source, other: _Source) -> None:
         )
 
 
-def _check_same_images(first: _Source, other: _Source, images: list[str]) -> None:
+def _check_same_images(first: PatchOutput, other: PatchOutput, images: list[str]) -> None:
     for name in images:
         if other.channels[name] != first.channels[name]:
             raise DataError(

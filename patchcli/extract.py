@@ -8,30 +8,33 @@ subject at a time, it loads the volumes once, draws all of the subject's
 locations at once and crops each patch straight into a reusable block buffer
 that is written as one block: peak memory is one subject's volumes plus one
 block, whatever the size of the run.
+
+With ``shard: I/N`` the run handles one block of the manifest (patchcli.shards).
+Its output is claimed, written as ``.partial``, checkpointed after every
+subject and renamed when complete (patchcli.io.partial): a run stopped by a
+signal, a kill or an error keeps its complete subjects, and ``resume``
+continues from them to the same output an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 import warnings
-from collections import deque
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from multiprocessing import get_all_start_methods, get_context
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from . import __version__
 from .config import Config
 from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning
-from .io.atomic import atomic_output
+from .fingerprint import config_fingerprint
 from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
+from .io.partial import PartialOutput, PartialUnusable
+from .io.writer import SubjectRecord
 from .progress import progress_bar
 from .sampling import (
     count_grid_patches,
@@ -44,8 +47,11 @@ from .sampling import (
     weighted_locations,
 )
 from .sampling.geometry import Triplet, check_patch_fits
+from .shards import Shard, parse_shard, shard_output_path
+from .signals import DeferredSignals
 from .subjects import SubjectSpec, load_subject, read_manifest, read_subject_headers
 from .units import parse_size
+from .workers import ordered_map, start_pool, stop_pool
 
 SAMPLERS = ("uniform", "weighted", "label", "grid")
 
@@ -88,6 +94,11 @@ class ExtractionPlan:
     images: dict[str, ImagePlan]
     output_path: Path
     output_format: str
+    #: Digest of everything that decides the patches (patchcli.fingerprint).
+    fingerprint: str = ""
+    #: Subjects in the whole manifest (``subjects`` is this shard's part of it).
+    total_subjects: int = 0
+    shard: Shard | None = None
 
     @property
     def total_patches(self) -> int:
@@ -114,11 +125,16 @@ class PreparedSubject:
 
 @dataclass(frozen=True)
 class ExtractionSummary:
+    """What a run did: ``resumed`` subjects were already complete in its ``.partial``;
+    ``already_complete`` when the output existed, made by this same run (``resume``)."""
+
     path: Path
     subjects: int
     patches: int
     bytes_written: int
     seconds: float
+    resumed: int = 0
+    already_complete: bool = False
 
 
 def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
@@ -183,9 +199,11 @@ def plan_extraction(
     settings = _sampler_settings(config, sampler)
     if config.output.path is None:
         raise ConfigError("output.path is required (or give --output)")
-    specs = (
+    manifest = (
         subjects if subjects is not None else read_manifest(config.subjects, list(config.images))
     )
+    shard = parse_shard(config.shard)
+    specs = list(manifest) if shard is None else list(manifest[_slice(shard.rows(len(manifest)))])
     counts: list[int] = []
     channels: dict[str, int] = {}
     dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
@@ -226,6 +244,8 @@ def plan_extraction(
             dtype = np.result_type(*dtypes[name])
         images[name] = ImagePlan(name, spec.type, channels[name], np.dtype(dtype))
     output_path = Path(config.output.path)
+    if shard is not None:
+        output_path = shard_output_path(output_path, shard, config.output.format == "nifti")
     _check_sources_outside(specs, output_path)
     settings = replace(
         settings, output_dtypes={name: plan.dtype.name for name, plan in images.items()}
@@ -238,7 +258,14 @@ def plan_extraction(
         images=images,
         output_path=output_path,
         output_format=config.output.format,
+        fingerprint=config_fingerprint(config, sampler, manifest),
+        total_subjects=len(manifest),
+        shard=shard,
     )
+
+
+def _slice(rows: range) -> slice:
+    return slice(rows.start, rows.stop)
 
 
 def _check_sources_outside(specs: list[SubjectSpec], output: Path) -> None:
@@ -354,87 +381,19 @@ def prepare_subject(settings: SamplingSettings, spec: SubjectSpec, count: int) -
     )
 
 
-def _prepared_subjects(
-    plan: ExtractionPlan, pool: ProcessPoolExecutor | None, workers: int
-) -> Iterator[PreparedSubject]:
-    """Prepared subjects in manifest order, loaded by the ``pool``'s processes if any.
-
-    At most ``workers + 1`` subjects are in flight, which bounds memory.
-    """
-    items = iter(zip(plan.subjects, plan.counts))
-    if pool is None:
-        for spec, count in items:
-            yield prepare_subject(plan.settings, spec, count)
-        return
-    pending: deque = deque()
-    for spec, count in items:
-        pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
-        if len(pending) > workers:
-            break
-    while pending:
-        yield pending.popleft().result()
-        for spec, count in items:
-            pending.append(pool.submit(prepare_subject, plan.settings, spec, count))
-            break
-
-
-def _worker_pool(workers: int) -> ProcessPoolExecutor | None:
-    """Processes that load subjects, started now.
-
-    Forked where possible: no re-import of the caller's script, fast start.
-    Called before the output file is opened and before any thread starts, so
-    that neither crosses the fork; the first task makes the pool start all of
-    its processes at once.
-    """
-    if workers <= 0:
-        return None
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=get_context(method))
-    pool.submit(os.getpid).result()
-    return pool
-
-
-class _DeferredInterrupt:
-    """Ctrl-C taken at safe points of the write loop.
-
-    A KeyboardInterrupt raised while h5py writes lands in one of its weakref
-    callbacks, where Python prints it and carries on: the run would finish as if
-    nothing happened. Here the first Ctrl-C is noted and raised after the block
-    being written; a second one is raised at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self) -> _DeferredInterrupt:
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc_info) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
 def _attributes(plan: ExtractionPlan) -> dict:
     settings = plan.settings
     attributes = {
         "patchcli_version": __version__,
         "sampler": settings.sampler,
-        "config": plan.config.to_yaml(),
+        "config": recorded_config(plan),
         "seed": settings.seed,
+        "config_fingerprint": plan.fingerprint,
+        "total_subjects": plan.total_subjects,
     }
+    if plan.shard is not None:
+        attributes["shard_index"] = plan.shard.index
+        attributes["shard_count"] = plan.shard.count
     if settings.sampler == "grid":
         attributes["patch_overlap"] = np.asarray(settings.patch_overlap, dtype=np.int64)
         mode = settings.padding_mode
@@ -443,11 +402,23 @@ def _attributes(plan: ExtractionPlan) -> dict:
     return attributes
 
 
+def recorded_config(plan: ExtractionPlan) -> str:
+    """The config as the run used it, as YAML: the resolved shard, each image's channels and
+    stored dtype (not the defaults of the ``memory`` command's keys)."""
+    data = plan.config.model_dump(mode="json", exclude_none=True)
+    if plan.shard is not None:
+        data["shard"] = str(plan.shard)
+    for name, image in plan.images.items():
+        data["images"][name].update(channels=image.channels, dtype=image.dtype.name)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def extract(
     config: Config,
     sampler: str,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool | None = False,
     plan: ExtractionPlan | None = None,
 ) -> ExtractionSummary:
@@ -458,7 +429,12 @@ def extract(
     config : Config
     sampler : {"uniform", "weighted", "label", "grid"}
     overwrite : bool
-        Replace an existing output.
+        Replace an existing output, and discard a ``.partial`` left by an
+        earlier run.
+    resume : bool
+        Continue the ``.partial`` of an earlier run of the same config from
+        its complete subjects; if the output exists and was made by the same
+        run, do nothing (``ExtractionSummary.already_complete``).
     progress : bool or None
         Show a progress bar on stderr; None shows it only on a terminal.
     plan : ExtractionPlan, optional
@@ -467,65 +443,178 @@ def extract(
     Returns
     -------
     ExtractionSummary
+
+    Raises
+    ------
+    PatchcliError
+        For bad input; when subjects were complete, the ``.partial`` is kept
+        and the error has a ``kept_partial`` attribute
+        (:class:`~patchcli.io.partial.KeptPartial`).
+    patchcli.signals.Interrupted
+        On SIGINT or SIGTERM, after the block being written (likewise kept).
     """
     started = time.perf_counter()
     plan = plan or plan_extraction(config, sampler)
     path = plan.output_path
+    header = {
+        "fingerprint": plan.fingerprint,
+        "format": plan.output_format,
+        "subjects": len(plan.subjects),
+        "patches": plan.total_patches,
+    }
     folder = plan.output_format == "nifti"
+    with PartialOutput(
+        path, header, folder=folder, overwrite=overwrite, resume=resume, kind=FORMAT_NAME
+    ) as output:
+        if output.complete:
+            return ExtractionSummary(
+                path,
+                len(plan.subjects),
+                plan.total_patches,
+                _size_on_disk(path),
+                time.perf_counter() - started,
+                already_complete=True,
+            )
+        pool = start_pool(config.workers)
+        stopped = True
+        try:
+            with DeferredSignals() as signals:
+                writer = _open_writer(plan, output)
+                resumed = len(writer.subjects)
+                try:
+                    _write_subjects(plan, writer, output, pool, signals, progress)
+                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+            output.commit()
+            stopped = False
+        finally:
+            stop_pool(pool, kill=stopped)
+    return ExtractionSummary(
+        path,
+        len(plan.subjects),
+        plan.total_patches,
+        _size_on_disk(path),
+        time.perf_counter() - started,
+        resumed=resumed,
+    )
+
+
+def _open_writer(plan: ExtractionPlan, output: PartialOutput):
+    """A writer on ``output.temporary``: new, or reopened after the resumed subjects."""
     images = {name: (p.channels, p.dtype, p.type) for name, p in plan.images.items()}
+    patch_size = plan.settings.patch_size
+    if output.resumed:
+        done = [_record_from_json(record) for record in output.resumed]
+        _check_resumed(plan, done, output.temporary)
+        try:
+            if plan.output_format == "nifti":
+                writer = NiftiPatchWriter(
+                    output.temporary,
+                    images,
+                    patch_size,
+                    _attributes(plan),
+                    plan.settings.padding,
+                    done=done,
+                    csv_offset=int(output.resumed[-1]["csv_offset"]),
+                )
+            else:
+                writer = Hdf5PatchWriter.reopen(
+                    output.temporary, images, patch_size, plan.total_patches, done
+                )
+        except PartialUnusable:
+            output.start_fresh()
+        else:
+            output.continue_partial()
+            return writer
+    if plan.output_format == "nifti":
+        return NiftiPatchWriter(
+            output.temporary, images, patch_size, _attributes(plan), plan.settings.padding
+        )
+    return Hdf5PatchWriter(
+        output.temporary,
+        images,
+        patch_size,
+        plan.total_patches,
+        len(plan.subjects),
+        _attributes(plan),
+        plan.config.output.compression,
+        plan.config.output.compression_level,
+    )
+
+
+def _record_json(record: SubjectRecord, csv_offset: int | None) -> dict:
+    data = asdict(record)
+    data["affine"] = record.affine.tolist()
+    data["shape"] = list(record.shape)
+    if csv_offset is not None:
+        data["csv_offset"] = csv_offset
+    return data
+
+
+def _record_from_json(data: Mapping) -> SubjectRecord:
+    return SubjectRecord(
+        id=str(data["id"]),
+        affine=np.asarray(data["affine"], dtype=np.float64).reshape(4, 4),
+        shape=tuple(int(n) for n in data["shape"]),  # type: ignore[arg-type]
+        source={str(k): str(v) for k, v in data["source"].items()},
+        patch_start=int(data["patch_start"]),
+        patch_count=int(data["patch_count"]),
+        manifest_row=None if data.get("manifest_row") is None else int(data["manifest_row"]),
+    )
+
+
+def _check_resumed(plan: ExtractionPlan, done: list[SubjectRecord], partial: Path) -> None:
+    """The resumed subjects must be the first ones of this run, with the same patch rows."""
+    if len(done) > len(plan.subjects):
+        raise DataError(f"{partial}: holds more subjects than this run has; use --overwrite")
+    start = 0
+    for number, (record, spec, count) in enumerate(zip(done, plan.subjects, plan.counts)):
+        expected = (spec.id, spec.index, start, count)
+        found = (record.id, record.manifest_row, record.patch_start, record.patch_count)
+        if found != expected:
+            raise DataError(
+                f"{partial}: subject {number} is {record.id!r} (manifest row "
+                f"{record.manifest_row}, {record.patch_count} patches) there but {spec.id!r} "
+                f"(row {spec.index}, {count} patches) in this run; start again with --overwrite"
+            )
+        start += count
+
+
+def _write_subjects(
+    plan: ExtractionPlan,
+    writer,
+    output: PartialOutput,
+    pool,
+    signals: DeferredSignals,
+    progress: bool | None,
+) -> None:
+    """Crop and write every subject not yet complete, checkpointing after each."""
+    config = plan.config
+    first = len(writer.subjects)
     block_patches = max(1, parse_size(config.block_size) // max(1, plan.patch_bytes))
     block_patches = min(block_patches, max(plan.counts, default=1))
     buffers = {
         name: np.empty((block_patches, p.channels, *plan.settings.patch_size), dtype=p.dtype)
         for name, p in plan.images.items()
     }
-    pool = _worker_pool(config.workers)
-    bar = progress_bar(plan.total_patches, progress)
-    try:
-        with (
-            _DeferredInterrupt() as interrupt,
-            atomic_output(path, overwrite, folder=folder, kind=FORMAT_NAME) as temporary,
-        ):
-            if folder:
-                writer = NiftiPatchWriter(
-                    temporary,
-                    images,
-                    plan.settings.patch_size,
-                    _attributes(plan),
-                    plan.settings.padding,
-                )
-            else:
-                writer = Hdf5PatchWriter(
-                    temporary,
-                    images,
-                    plan.settings.patch_size,
-                    plan.total_patches,
-                    len(plan.subjects),
-                    _attributes(plan),
-                    config.output.compression,
-                    config.output.compression_level,
-                )
-            try:
-                row = 0
-                subjects = _prepared_subjects(plan, pool, config.workers)
-                for number, subject in enumerate(subjects):
-                    for message in subject.warnings:
-                        warnings.warn(message, PatchcliWarning, stacklevel=2)
-                    bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
-                    row = _write_subject(writer, subject, number, row, buffers, interrupt.check)
-                    bar.update(len(subject.locations))
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    written = _size_on_disk(path)
-    return ExtractionSummary(
-        path, len(plan.subjects), plan.total_patches, written, time.perf_counter() - started
+    row = int(sum(plan.counts[:first]))
+    work = (
+        (plan.settings, spec, count)
+        for spec, count in zip(plan.subjects[first:], plan.counts[first:])
     )
+    with progress_bar(plan.total_patches, progress) as bar:
+        bar.update(row)
+        subjects = ordered_map(prepare_subject, work, pool, config.workers)
+        for number, subject in enumerate(subjects, start=first):
+            for message in subject.warnings:
+                warnings.warn(message, PatchcliWarning, stacklevel=3)
+            bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
+            row = _write_subject(writer, subject, number, row, buffers, signals.check)
+            output.checkpoint(_record_json(writer.current, writer.flush()))
+            bar.update(len(subject.locations))
+            signals.check()
 
 
 def _write_subject(
@@ -534,7 +623,13 @@ def _write_subject(
     locations = subject.locations
     sources = {name: str(path) for name, path in subject.spec.paths.items()}
     writer.begin_subject(
-        subject.spec.id, subject.affine, subject.spatial_shape, sources, row, len(locations)
+        subject.spec.id,
+        subject.affine,
+        subject.spatial_shape,
+        sources,
+        row,
+        len(locations),
+        manifest_row=subject.spec.index,
     )
     block = len(next(iter(buffers.values())))
     for first in range(0, len(locations), block):
@@ -550,7 +645,8 @@ def _write_subject(
             row, {name: buffer[:count] for name, buffer in buffers.items()}, chunk, number
         )
         row += count
-        check_interrupt()
+        if first + block < len(locations):  # a complete subject is checkpointed first
+            check_interrupt()
     return row
 
 

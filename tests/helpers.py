@@ -60,3 +60,64 @@ def make_subjects(folder: Path, shapes, seed: int = 0, with_prob: bool = True):
 def write_config(path: Path, **keys) -> Path:
     path.write_text(yaml.safe_dump(keys, sort_keys=False))
     return path
+
+
+def assert_same_hdf5(first: Path, second: Path, ignore_attributes=()) -> None:
+    """Two HDF5 files hold the same groups, datasets (values, dtypes, shapes) and attributes.
+
+    Virtual datasets are compared by the values they read. ``ignore_attributes``
+    names root attributes allowed to differ (e.g. ``config``, which records the
+    output path).
+    """
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    with h5py.File(first, "r") as a, h5py.File(second, "r") as b:
+        names_a, names_b = [], []
+        a.visit(names_a.append)
+        b.visit(names_b.append)
+        assert sorted(names_a) == sorted(names_b), (first, second)
+        for name in names_a:
+            if isinstance(a[name], h5py.Dataset):
+                assert a[name].dtype == b[name].dtype, name
+                np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+            assert _attributes(a[name]) == _attributes(b[name]), name
+        root_a, root_b = _attributes(a), _attributes(b)
+        for key in ignore_attributes:
+            root_a.pop(key, None), root_b.pop(key, None)
+        assert root_a == root_b
+
+
+def _attributes(node) -> dict:
+    return {
+        key: np.asarray(value).tolist() if isinstance(value, np.ndarray) else value
+        for key, value in node.attrs.items()
+    }
+
+
+def assert_same_nifti_folder(first: Path, second: Path, ignore=("config",)) -> None:
+    """Two NIfTI outputs hold the same table, metadata and patches (data and affines)."""
+    assert (first / "patches.csv").read_text() == (second / "patches.csv").read_text()
+    meta_a = yaml.safe_load((first / "patchcli.yaml").read_text())
+    meta_b = yaml.safe_load((second / "patchcli.yaml").read_text())
+    for key in ignore:
+        meta_a.pop(key, None), meta_b.pop(key, None)
+    assert meta_a == meta_b
+    files_a = sorted(p.relative_to(first) for p in first.rglob("*.nii.gz"))
+    files_b = sorted(p.relative_to(second) for p in second.rglob("*.nii.gz"))
+    assert files_a == files_b
+    for relative in files_a:
+        image_a, image_b = nib.load(first / relative), nib.load(second / relative)
+        np.testing.assert_array_equal(
+            np.asanyarray(image_a.dataobj), np.asanyarray(image_b.dataobj)
+        )
+        assert image_a.get_data_dtype() == image_b.get_data_dtype()
+        np.testing.assert_array_equal(image_a.affine, image_b.affine)
+
+
+def assert_same_output(first: Path, second: Path) -> None:
+    """Two patch outputs (HDF5 files or NIfTI folders) hold the same content, but their config."""
+    if Path(first).is_dir():
+        assert_same_nifti_folder(Path(first), Path(second))
+    else:
+        assert_same_hdf5(first, second, ignore_attributes=("config",))

@@ -751,7 +751,7 @@ def test_error_not_a_patchcli_file(tmp_path):
     with pytest.raises(DataError, match="not an HDF5 file") as error:
         aggregate_file(text, "t1", tmp_path / "out")
     assert_one_line_naming(error, text)
-    with pytest.raises(DataError, match="is a folder"):
+    with pytest.raises(DataError, match="not a patchcli NIfTI output folder"):
         aggregate_file(tmp_path, "t1", tmp_path / "out")
     with pytest.raises(DataError, match="no such file"):
         aggregate_file(tmp_path / "missing.h5", "t1", tmp_path / "out")

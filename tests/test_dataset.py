@@ -255,16 +255,16 @@ def test_transform_is_applied_to_items_and_batches(dataset_class, patch_file, su
 
 # ---------------------------------------------------------------- selection
 def test_images_selection_reads_only_those(dataset_class, patch_file, subjects, monkeypatch):
-    from patchcli import dataset as module
+    from patchcli.io import reader
 
     opened: list[str] = []
-    original = module._OpenFile.dataset
+    original = reader._OpenFile.dataset
 
     def recording(self, name):
-        opened.append(name)
+        opened.append(name.removeprefix("patches/"))
         return original(self, name)
 
-    monkeypatch.setattr(module._OpenFile, "dataset", recording)
+    monkeypatch.setattr(reader._OpenFile, "dataset", recording)
     dataset = dataset_class(patch_file, images=["seg"])
     assert dataset.images == ["seg"]
     expected = expected_items(subjects, images=("seg",))
@@ -339,7 +339,7 @@ def test_dataloader_workers_give_the_same_items(dataset_class, patch_file, torch
     dataset = dataset_class(patch_file, images=["t1", "seg"])
     # Handles open in the parent before the workers fork: they must open their own.
     reference = sorted(item_key(dataset[i]) for i in range(len(dataset)))
-    assert dataset._open_files
+    assert len(dataset._handles)
     DataLoader = torch.utils.data.DataLoader
     for workers in (0, 2):
         loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=workers)
@@ -375,47 +375,62 @@ def _worker_id(torch) -> int:
 
 
 def test_forked_process_opens_its_own_handles(dataset_class, patch_file, monkeypatch):
-    from patchcli import dataset as module
+    from patchcli.io import reader
 
     dataset = dataset_class(patch_file, images="t1")
     expected = dataset[0]["t1"]["data"].numpy().copy()
-    parent_handle = dataset._open_files[0]
+    parent_handle = dataset._handles._files[patch_file]
     # As seen from a child after fork: another pid.
-    monkeypatch.setattr(module.os, "getpid", lambda: -12345)
+    monkeypatch.setattr(reader.os, "getpid", lambda: -12345)
     np.testing.assert_array_equal(dataset[0]["t1"]["data"].numpy(), expected)
-    assert dataset._open_files[0] is not parent_handle
-    assert parent_handle in module._INHERITED_HANDLES
+    assert dataset._handles._files[patch_file] is not parent_handle
+    assert parent_handle in reader._INHERITED_HANDLES
     assert parent_handle.file.id.valid  # never closed by the child
     dataset.close()
-    assert not dataset._open_files
+    assert not len(dataset._handles)
 
 
 def test_pickling_drops_handles_and_close_reopens(dataset_class, patch_file):
     dataset = dataset_class(patch_file)
     first = item_key(dataset[4])
-    assert dataset._open_files
+    assert len(dataset._handles)
     copy = pickle.loads(pickle.dumps(dataset))
-    assert not copy._open_files
+    assert not len(copy._handles)
     assert item_key(copy[4]) == first
-    handle = dataset._open_files[0]
+    handle = dataset._handles._files[patch_file]
     dataset.close()
-    assert not handle.file.id.valid and not dataset._open_files
+    assert not handle.file.id.valid and not len(dataset._handles)
     assert item_key(dataset[4]) == first  # reading again reopens
 
 
-def test_files_opened_without_locking(dataset_class, patch_file, monkeypatch):
+def test_plain_h5py_opens_a_file_the_dataset_has_open(dataset_class, patch_file, monkeypatch):
+    """HDF5 refuses a second open of a file in one process with other locking flags:
+    the reader uses best-effort locking, h5py's default, so both coexist."""
+    dataset = dataset_class(patch_file)
+    expected = dataset[0]["t1"]["data"].numpy()
+    with h5py.File(patch_file, "r") as plain:
+        np.testing.assert_array_equal(plain["patches/t1"][0], expected)
+        np.testing.assert_array_equal(dataset[1]["t1"]["data"].numpy(), plain["patches/t1"][1])
+    dataset.close()
+    # And the other way round: the file already open with h5py's defaults.
+    with h5py.File(patch_file, "r") as plain:
+        np.testing.assert_array_equal(dataset_class(patch_file)[0]["t1"]["data"].numpy(), expected)
+
+    # Where the file system refuses locks, the reader opens without them.
+    from patchcli.io import hdf5
+
     calls = []
     original = h5py.File
 
-    def recording(*args, **kwargs):
+    def refusing(*args, **kwargs):
         calls.append(kwargs.get("locking"))
+        if kwargs.get("locking") == "best-effort":
+            raise OSError("Unable to synchronously open file (unable to lock file, errno = 37)")
         return original(*args, **kwargs)
 
-    from patchcli import dataset as module
-
-    monkeypatch.setattr(module.h5py, "File", recording)
-    dataset_class(patch_file)[0]
-    assert calls and all(locking is False for locking in calls)
+    monkeypatch.setattr(hdf5.h5py, "File", refusing)
+    np.testing.assert_array_equal(dataset_class(patch_file)[0]["t1"]["data"].numpy(), expected)
+    assert calls[:2] == ["best-effort", False]
 
 
 # ------------------------------------------------------------ distributed
@@ -474,7 +489,7 @@ def test_several_files_are_concatenated(dataset_class, tmp_path, subjects):
     batch = dataset[[9, 2, 8, 3]]
     assert batch["subject"] == ["s2", "s0", "s2", "s0"]
     np.testing.assert_array_equal(batch["t1"]["data"][0].numpy(), expected[9]["t1"])
-    assert len(dataset._open_files) == 1
+    assert len(dataset._handles) == 1
     assert "files=[" in repr(dataset) and "patches=12" in repr(dataset)
 
 

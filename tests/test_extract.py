@@ -269,7 +269,9 @@ def test_casts_round_and_refuse_values_that_do_not_fit(tmp_path, dataset):
         cast_volume(np.array([1e300]), np.dtype(np.float32), manifest)
 
 
-def test_ctrl_c_during_a_write_stops_the_run_and_leaves_nothing(tmp_path, dataset, monkeypatch):
+def test_ctrl_c_during_a_write_stops_after_the_block_and_keeps_complete_subjects(
+    tmp_path, dataset, monkeypatch
+):
     """A SIGINT that arrives while h5py writes must still stop the run."""
     import os
     import signal
@@ -286,14 +288,56 @@ def test_ctrl_c_during_a_write_stops_the_run_and_leaves_nothing(tmp_path, datase
         completed.append(True)
 
     monkeypatch.setattr(Hdf5PatchWriter, "write_block", interrupted_write)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         extract(_config(tmp_path, manifest, "stopped.h5"), "uniform")
     # The interrupt waited for the block being written (h5py would have swallowed
-    # it there), then stopped the run before the next one.
+    # it there); that block completed subject s0, which was recorded before stopping.
     assert completed == [True]
     assert not (tmp_path / "stopped.h5").exists()
-    assert not (tmp_path / "stopped.h5.partial").exists()
+    assert (tmp_path / "stopped.h5.partial").exists()
+    assert caught.value.kept_partial.done == 1 and caught.value.kept_partial.total == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    # Stopped inside the first subject (blocks of 2 patches): nothing complete, nothing kept.
+    small = _config(tmp_path, manifest, "early.h5", block_size="1KiB")
+    with pytest.raises(KeyboardInterrupt) as caught:
+        extract(small, "uniform")
+    assert not hasattr(caught.value, "kept_partial")
+    assert not list(tmp_path.glob("early.h5*"))
+
+
+def test_resume_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
+    from patchcli.io.hdf5 import Hdf5PatchWriter
+
+    from .helpers import assert_same_hdf5
+
+    manifest, _ = dataset
+    original = Hdf5PatchWriter.write_block
+
+    def stop_at_second_subject(self, row, arrays, locations, subject_index):
+        if subject_index == 1:
+            raise KeyboardInterrupt
+        original(self, row, arrays, locations, subject_index)
+
+    monkeypatch.setattr(Hdf5PatchWriter, "write_block", stop_at_second_subject)
+    config = _config(tmp_path, manifest, "resumed.h5")
+    with pytest.raises(KeyboardInterrupt):
+        extract(config, "label")
+    monkeypatch.setattr(Hdf5PatchWriter, "write_block", original)
+    with pytest.raises(
+        DataError,
+        match=r"resumed\.h5\.partial: left by an earlier run .*"
+        r"1 of 3 subjects complete.*--resume.*--overwrite",
+    ):
+        extract(config, "label")
+    summary = extract(config, "label", resume=True)
+    assert summary.resumed == 1 and summary.patches == 21
+    reference = extract(_config(tmp_path, manifest, "reference.h5"), "label")
+    assert_same_hdf5(tmp_path / "resumed.h5", reference.path, ignore_attributes=("config",))
+    assert not list(tmp_path.glob("resumed.h5.*"))  # no partial, journal or lock left
+    # Resuming a complete output finds it complete and does nothing.
+    again = extract(config, "label", resume=True)
+    assert again.already_complete and again.patches == 21
 
 
 def test_nifti_output_of_int64_and_bool_images(tmp_path):
@@ -321,27 +365,41 @@ def test_nifti_output_of_int64_and_bool_images(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_failed_run_leaves_nothing_at_the_output(tmp_path, dataset, workers):
+def test_a_failed_run_keeps_its_complete_subjects_for_resume(tmp_path, dataset, workers):
+    from .helpers import assert_same_output
+
     manifest, arrays = dataset
     # Subject s2's map is positive only on its border: the run fails at s2,
     # after s0 and s1 were written.
     empty = np.zeros(SHAPES[2], np.float32)
     empty[0] = 1
-    nib.save(nib.Nifti1Image(empty, affine_for(None)), manifest.parent / "border.nii.gz")
+    border = tmp_path / "border.nii.gz"
+    nib.save(nib.Nifti1Image(empty, affine_for(None)), border)
     rows = list(csv.DictReader(open(manifest)))
-    rows[2]["prob"] = "border.nii.gz"
-    bad = manifest.parent / "bad.csv"
+    rows[2]["prob"] = str(border)
+    for row in rows[:2]:
+        row["prob"] = str(manifest.parent / row["prob"])
+        row["t1"], row["seg"] = (str(manifest.parent / row[k]) for k in ("t1", "seg"))
+    rows[2]["t1"], rows[2]["seg"] = (str(manifest.parent / rows[2][k]) for k in ("t1", "seg"))
+    bad = tmp_path / "bad.csv"
     with open(bad, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     for format_, name in (("hdf5", "failed.h5"), ("nifti", "failed_dir")):
+        nib.save(nib.Nifti1Image(empty, affine_for(None)), border)
         config = _config(tmp_path, bad, name, output={"format": format_}, workers=workers)
         with pytest.raises(DataError, match=r"border\.nii\.gz: subject 's2'.*border") as caught:
             extract(config, "weighted")
         assert "\n" not in str(caught.value)
+        assert caught.value.kept_partial.done == 2
         assert not (tmp_path / name).exists()
-        assert not (tmp_path / f"{name}.partial").exists()
+        assert (tmp_path / f"{name}.partial").exists()
+        # Fixed in place, the input resumes from s2 to the output of a clean run.
+        nib.save(nib.Nifti1Image(arrays["s2"]["prob"], affine_for(None)), border)
+        assert extract(config, "weighted", resume=True).resumed == 2
+        clean = _config(tmp_path, bad, f"clean-{name}", output={"format": format_})
+        assert_same_output(tmp_path / name, extract(clean, "weighted").path)
 
 
 def test_errors_before_any_work(tmp_path, dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -44,6 +45,14 @@ def run_command(function: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             click.echo(f"Error: {error}", err=True)
+            kept = getattr(error, "kept_partial", None)
+            if kept is not None:
+                click.echo(
+                    f"note: the {kept.done} of {kept.total} subjects complete are kept in "
+                    f"{kept.path}; once the input is fixed, rerun with --resume to continue "
+                    "(or --overwrite to start again)",
+                    err=True,
+                )
             sys.exit(1)
         except BrokenPipeError:
             # The reader of our output went away (`patchcli memory ... | head`): stop quietly.
@@ -55,15 +64,37 @@ def run_command(function: Callable[..., Any]) -> Callable[..., Any]:
             where = f"{error.filename}: " if error.filename else ""
             click.echo(f"Error: {where}{error.strerror or error}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; nothing was written.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as error:
+            # SIGINT, or SIGTERM (patchcli.signals.Interrupted): a scheduler's time limit.
+            name = getattr(error, "signal_name", "SIGINT")
+            kept = getattr(error, "kept_partial", None)
+            if kept is None:
+                click.echo(f"Interrupted ({name}); nothing was written.", err=True)
+            else:
+                click.echo(
+                    f"Interrupted ({name}): {kept.done} of {kept.total} subjects complete, kept "
+                    f"in {kept.path}; resume with: {resume_command()}",
+                    err=True,
+                )
+            sys.exit(getattr(error, "exit_status", 130))
         finally:
             warnings.showwarning = previous
 
     return click.option("--debug", is_flag=True, help="Show the full traceback of an error.")(
         wrapper
     )
+
+
+def resume_command() -> str:
+    """The command line that was run, with ``--resume`` instead of ``--overwrite``."""
+    arguments = [arg for arg in sys.argv[1:] if arg != "--overwrite"]
+    if "--resume" not in arguments:
+        arguments.append("--resume")
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if program not in ("patchcli", "__main__.py"):  # called from Python, not the shell
+        context = click.get_current_context(silent=True)
+        return f"{context.command_path if context else 'patchcli'} ... --resume"
+    return shlex.join(["patchcli", *arguments])
 
 
 class TripletType(click.ParamType):

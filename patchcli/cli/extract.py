@@ -56,6 +56,14 @@ COMMON_OPTIONS: list[ConfigOption] = [
         dict(type=click.Choice(["auto", "nibabel", "sitk"]), help="Image reader."),
     ),
     ("--workers", "workers", dict(type=click.IntRange(min=0), help="Processes loading subjects.")),
+    (
+        "--shard",
+        "shard",
+        dict(
+            metavar="I/N|auto",
+            help="Handle the I-th of N blocks of subjects (0-based); auto: from the array job.",
+        ),
+    ),
     ("--block-size", "block_size", dict(help="Bytes of patches written at once, e.g. 64MiB.")),
 ]
 RANDOM_OPTIONS = [
@@ -108,27 +116,47 @@ HELP = {
 }
 
 
+def summary_text(result) -> str:
+    """The last line of a run: what was written, where, how fast."""
+    from ..units import format_bytes
+
+    if result.already_complete:
+        return (
+            f"{result.path} is already complete ({result.patches} patches from "
+            f"{result.subjects} subjects); nothing to do"
+        )
+    resumed = f" ({result.resumed} resumed)" if result.resumed else ""
+    return (
+        f"{result.patches} patches from {result.subjects} subjects{resumed}, "
+        f"{format_bytes(result.bytes_written)} written to {result.path} in {result.seconds:.1f} s"
+    )
+
+
 def _make_command(sampler: str) -> click.Command:
     summary, example = HELP[sampler]
     options = COMMON_OPTIONS + SAMPLER_OPTIONS[sampler]
 
     @run_command
-    def command(config: str, overwrite: bool, quiet: bool, **values: Any) -> None:
+    def command(config: str, overwrite: bool, resume: bool, quiet: bool, **values: Any) -> None:
         from ..config import load_config
         from ..extract import extract
-        from ..units import format_bytes
 
+        if overwrite and resume:
+            raise click.UsageError("--overwrite and --resume exclude each other")
         loaded = load_config(config, config_overrides(options, values))
-        result = extract(loaded, sampler, overwrite=overwrite, progress=show_progress(quiet))
-        click.echo(
-            f"{sampler}: {result.patches} patches from {result.subjects} subjects, "
-            f"{format_bytes(result.bytes_written)} written to {result.path} "
-            f"in {result.seconds:.1f} s"
+        result = extract(
+            loaded, sampler, overwrite=overwrite, resume=resume, progress=show_progress(quiet)
         )
+        click.echo(f"{sampler}: {summary_text(result)}")
 
     command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}"
     command = with_config_options(options)(command)
     command = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(command)
+    command = click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue the .partial of a stopped run; do nothing if the output is complete.",
+    )(command)
     command = click.option("--overwrite", is_flag=True, help="Replace an existing output.")(command)
     command = click.argument("config", type=click.Path(dir_okay=False))(command)
     return click.command(sampler, help=command.__doc__)(command)

@@ -17,10 +17,12 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from .partial import PartialUnusable
 from .writer import PatchWriter, SubjectRecord
 
 FORMAT_NAME = "patchcli-patches"
-FORMAT_VERSION = 1
+#: 2 added the fingerprint, shard and merge records (docs/format.md); 1 is still read.
+FORMAT_VERSION = 2
 _STRING = h5py.string_dtype("utf-8")
 
 
@@ -111,6 +113,68 @@ class Hdf5PatchWriter(PatchWriter):
         )
         self.num_subjects = num_subjects
 
+    @classmethod
+    def reopen(
+        cls,
+        path: Path,
+        images: Mapping[str, tuple[int, np.dtype, str]],
+        patch_size: Sequence[int],
+        num_patches: int,
+        done: Sequence[SubjectRecord],
+    ) -> Hdf5PatchWriter:
+        """Continue writing a ``.partial`` file whose subjects ``done`` are complete.
+
+        The file must have the datasets this run would create, and every row of
+        the subjects ``done`` must be stored; rows after them are written again.
+
+        Raises
+        ------
+        PartialUnusable
+            When the file cannot be opened (a kill can leave it unreadable) or
+            does not hold what ``done`` says: the run must start again.
+        DataError
+            When its datasets are not the ones this run writes.
+        """
+        path = Path(path)
+        try:
+            file = h5py.File(path, "r+", locking=False)
+        except OSError as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise PartialUnusable(f"{path}: cannot be reopened ({reason})") from None
+        self = cls.__new__(cls)
+        PatchWriter.__init__(self)
+        self.path, self.file, self.image_names = path, file, list(images)
+        try:
+            self.patches = {}
+            for name, (channels, dtype, _) in images.items():
+                dataset = file.get(f"patches/{name}")
+                expected = (num_patches, channels, *patch_size)
+                if dataset is None or dataset.shape != expected or dataset.dtype != dtype:
+                    found = "missing" if dataset is None else f"{dataset.shape} {dataset.dtype}"
+                    raise DataError(
+                        f"{path}: /patches/{name} is {found}, this run writes {expected} "
+                        f"{np.dtype(dtype)}"
+                    )
+                self.patches[name] = dataset
+            self.locations, self.subject_index = file["locations"], file["subject_index"]
+            rows = sum(record.patch_count for record in done)
+            for name, dataset in self.patches.items():
+                missing = _unstored_rows(dataset, rows)
+                if missing:
+                    raise PartialUnusable(
+                        f"{path}: /patches/{name} lacks {missing} of the {rows} rows its "
+                        "progress record says were written"
+                    )
+        except BaseException:
+            file.close()
+            raise
+        self.subjects = list(done)
+        return self
+
+    def flush(self) -> None:
+        """Hand every write so far to the operating system (a checkpoint)."""
+        self.file.flush()
+
     def write_block(
         self,
         row: int,
@@ -138,6 +202,9 @@ class Hdf5PatchWriter(PatchWriter):
             "shape": np.array([r.shape for r in rows], np.int64).reshape(-1, 3),
             "patch_start": np.array([r.patch_start for r in rows], np.int64),
             "patch_count": np.array([r.patch_count for r in rows], np.int64),
+            "manifest_row": np.array(
+                [-1 if r.manifest_row is None else r.manifest_row for r in rows], np.int64
+            ),
         }
         for key, values in tables.items():
             group.create_dataset(key, data=values)
@@ -155,6 +222,23 @@ class Hdf5PatchWriter(PatchWriter):
 # -- reading -------------------------------------------------------------------
 
 
+def _unstored_rows(dataset: h5py.Dataset, rows: int) -> int:
+    """How many of the first ``rows`` rows (one chunk each) of ``dataset`` are not stored."""
+    if rows == 0:
+        return 0
+    if dataset.chunks is None:  # contiguous: written in place, nothing to look up
+        return 0
+    stored = np.zeros(rows, dtype=bool)
+
+    def visit(info) -> None:
+        row = info.chunk_offset[0]
+        if row < rows and info.byte_offset is not None:
+            stored[row] = True
+
+    dataset.id.chunk_iter(visit)
+    return int(rows - stored.sum())
+
+
 def decode_strings(values) -> list[str]:
     """HDF5 strings (bytes or str, any shape) as a flat list of str."""
     return [
@@ -166,8 +250,10 @@ def decode_strings(values) -> list[str]:
 def open_hdf5(path: str | os.PathLike) -> h5py.File:
     """Open an HDF5 file for reading, with the Blosc filters registered.
 
-    Without file locks: cluster file systems (NFS, Lustre) often refuse them and
-    reading does not need them. Errors are one-line :class:`DataError`.
+    With HDF5's best-effort file locking, the flags of a plain ``h5py.File(path)``
+    (HDF5 refuses a second open of a file in one process with other flags), and
+    without locks where the file system refuses them (some NFS and Lustre
+    mounts; reading does not need them). Errors are one-line :class:`DataError`.
     """
     import hdf5plugin  # noqa: F401  (registers the Blosc filters of lz4 and zstd files)
 
@@ -177,38 +263,15 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
-        return h5py.File(path, "r", locking=False)
+        try:
+            return h5py.File(path, "r", locking="best-effort")
+        except OSError as error:
+            if "lock" not in str(error).lower():
+                raise
+            return h5py.File(path, "r", locking=False)
     except OSError as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: not an HDF5 file ({reason})") from None
-
-
-def check_patch_file(file: h5py.File, path: str | os.PathLike) -> None:
-    """Raise :class:`DataError` unless ``file`` is a patch file of a version this reads."""
-    attributes = file.attrs
-    found = decode_strings(attributes["format"])[0] if "format" in attributes else None
-    if found != FORMAT_NAME or "patches" not in file:
-        raise DataError(
-            f"{path}: not a patchcli patch file (format attribute {found!r}, "
-            f"expected {FORMAT_NAME!r})"
-        )
-    version = int(attributes.get("format_version", 0))
-    if not 1 <= version <= FORMAT_VERSION:
-        raise DataError(
-            f"{path}: format_version {version} cannot be read by this patchcli "
-            f"(it reads versions 1 to {FORMAT_VERSION})"
-        )
-
-
-def open_patch_file(path: str | os.PathLike) -> h5py.File:
-    """Open a patchcli HDF5 patch file, checking its format and version."""
-    file = open_hdf5(path)
-    try:
-        check_patch_file(file, path)
-    except BaseException:
-        file.close()
-        raise
-    return file
 
 
 def read_subjects(file: h5py.File, path: str | os.PathLike) -> list[SubjectRecord]:
@@ -220,6 +283,11 @@ def read_subjects(file: h5py.File, path: str | os.PathLike) -> list[SubjectRecor
         shapes = np.asarray(group["shape"][()], dtype=np.int64).reshape(-1, 3)
         starts = np.asarray(group["patch_start"][()], dtype=np.int64).reshape(-1)
         counts = np.asarray(group["patch_count"][()], dtype=np.int64).reshape(-1)
+        manifest_rows = (
+            np.asarray(group["manifest_row"][()], dtype=np.int64).reshape(-1)
+            if "manifest_row" in group
+            else np.full(len(ids), -1, dtype=np.int64)
+        )
         sources = {
             name: decode_strings(group["source"][name][()])
             for name in (group["source"] if "source" in group else ())
@@ -236,6 +304,7 @@ def read_subjects(file: h5py.File, path: str | os.PathLike) -> list[SubjectRecor
             source={name: paths[row] for name, paths in sources.items()},
             patch_start=int(starts[row]),
             patch_count=int(counts[row]),
+            manifest_row=None if manifest_rows[row] < 0 else int(manifest_rows[row]),
         )
         for row in range(len(ids))
     ]

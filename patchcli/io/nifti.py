@@ -13,6 +13,8 @@ volume in any viewer.
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ import yaml
 from ..sampling.geometry import patch_affine
 from .atomic import FOLDER_MARKER
 from .hdf5 import FORMAT_NAME, FORMAT_VERSION
-from .writer import PatchWriter
-
-CSV_NAME = "patches.csv"
+from .partial import PartialUnusable
+from .reader import CSV_NAME
+from .writer import PatchWriter, SubjectRecord
 
 
 def patch_file_name(image: str, patch_number: int) -> str:
@@ -47,7 +49,12 @@ def write_patch_nifti(path: Path, patch: np.ndarray, affine: np.ndarray) -> None
 
 
 class NiftiPatchWriter(PatchWriter):
-    """Write a run's patches as NIfTI files plus ``patches.csv`` and ``patchcli.yaml``."""
+    """Write a run's patches as NIfTI files plus ``patches.csv`` and ``patchcli.yaml``.
+
+    With ``done`` and ``csv_offset`` (from a checkpoint), continue a folder in
+    which the subjects ``done`` are complete: ``patches.csv`` is cut back to
+    ``csv_offset`` and the folders of other subjects are removed.
+    """
 
     def __init__(
         self,
@@ -56,6 +63,9 @@ class NiftiPatchWriter(PatchWriter):
         patch_size: Sequence[int],
         attributes: Mapping[str, Any],
         padding: Sequence[int] = (0, 0, 0),
+        *,
+        done: Sequence[SubjectRecord] = (),
+        csv_offset: int | None = None,
     ) -> None:
         super().__init__()
         self.folder = Path(folder)
@@ -68,13 +78,46 @@ class NiftiPatchWriter(PatchWriter):
             "patch_size": [int(n) for n in patch_size],
             "images": self.image_names,
             "image_types": [spec[2] for spec in images.values()],
+            "channels": {name: int(spec[0]) for name, spec in images.items()},
+            "dtypes": {name: np.dtype(spec[1]).name for name, spec in images.items()},
         }
         self.config_text = attributes.get("config", "")
-        self._stream = open(self.folder / CSV_NAME, "w", newline="", encoding="utf-8")
+        table = self.folder / CSV_NAME
+        if csv_offset is None:
+            self._stream = open(table, "w", newline="", encoding="utf-8")
+            self._csv = csv.writer(self._stream)
+            self._csv.writerow(
+                ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *self.image_names]
+            )
+        else:
+            self._resume(table, done, csv_offset)
+
+    def _resume(self, table: Path, done: Sequence[SubjectRecord], csv_offset: int) -> None:
+        try:
+            self._stream = open(table, "r+", newline="", encoding="utf-8")
+        except OSError as error:
+            raise PartialUnusable(f"{table}: cannot be reopened ({error.strerror})") from None
+        size = self._stream.seek(0, os.SEEK_END)
+        if size < csv_offset:
+            self._stream.close()
+            raise PartialUnusable(
+                f"{table}: holds {size} bytes, fewer than the {csv_offset} its progress "
+                "record says were written"
+            )
+        self._stream.truncate(csv_offset)
+        self._stream.seek(csv_offset)
         self._csv = csv.writer(self._stream)
-        self._csv.writerow(
-            ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *self.image_names]
-        )
+        keep = {record.id for record in done}
+        for entry in self.folder.iterdir():
+            if entry.is_dir() and entry.name not in keep:
+                shutil.rmtree(entry)
+        for record in done:
+            if not (self.folder / record.id).is_dir():
+                self._stream.close()
+                raise PartialUnusable(
+                    f"{self.folder / record.id}: a completed subject's folder is gone"
+                )
+        self.subjects = list(done)
 
     def begin_subject(self, subject_id: str, *args: Any, **kwargs: Any) -> None:
         super().begin_subject(subject_id, *args, **kwargs)
@@ -98,6 +141,11 @@ class NiftiPatchWriter(PatchWriter):
                 relative.append(relative_path)
             self._csv.writerow([subject.id, number, *location.tolist(), *relative])
 
+    def flush(self) -> int:
+        """Flush ``patches.csv``; returns its size, the offset a resumed run cuts it back to."""
+        self._stream.flush()
+        return self._stream.tell()
+
     def close(self) -> None:
         if self._stream.closed:
             return
@@ -110,16 +158,22 @@ class NiftiPatchWriter(PatchWriter):
                 "source": record.source,
                 "patch_start": record.patch_start,
                 "patch_count": record.patch_count,
+                **({} if record.manifest_row is None else {"manifest_row": record.manifest_row}),
             }
             for record in self.subjects
         ]
         self.metadata["config"] = self.config_text
-        with open(self.folder / FOLDER_MARKER, "w", encoding="utf-8") as stream:
-            yaml.safe_dump(self.metadata, stream, sort_keys=False)
+        write_metadata(self.folder, self.metadata)
 
     def abort(self) -> None:
         if not self._stream.closed:
             self._stream.close()
+
+
+def write_metadata(folder: Path, metadata: Mapping[str, Any]) -> None:
+    """Write a folder's ``patchcli.yaml``."""
+    with open(folder / FOLDER_MARKER, "w", encoding="utf-8") as stream:
+        yaml.safe_dump(dict(metadata), stream, sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

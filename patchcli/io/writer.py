@@ -1,7 +1,9 @@
 """What every patch writer shares: the subjects table and the order of calls.
 
 A run calls ``begin_subject`` once per subject, then ``write_block`` for each
-block of that subject's patches, and finally ``close`` (or ``abort`` on error).
+block of that subject's patches, ``flush`` once the subject is complete (a
+checkpoint a resumed run can start from), and finally ``close`` (or ``abort``
+on error).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class SubjectRecord:
     source: dict[str, str]
     patch_start: int
     patch_count: int
+    #: The subject's row in the run's whole manifest (None in files of format version 1).
+    manifest_row: int | None = None
 
 
 class PatchWriter:
@@ -44,6 +48,7 @@ class PatchWriter:
         sources: Mapping[str, str],
         patch_start: int,
         patch_count: int,
+        manifest_row: int | None = None,
     ) -> None:
         """Start a subject whose patches are rows ``[patch_start, patch_start + patch_count)``."""
         self.subjects.append(
@@ -54,6 +59,7 @@ class PatchWriter:
                 source=dict(sources),
                 patch_start=int(patch_start),
                 patch_count=int(patch_count),
+                manifest_row=None if manifest_row is None else int(manifest_row),
             )
         )
 
@@ -65,6 +71,10 @@ class PatchWriter:
         subject_index: int,
     ) -> None:
         """Write ``len(locations)`` patches of the current subject, starting at ``row``."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Hand every write so far to the operating system: a checkpoint."""
         raise NotImplementedError
 
     def close(self) -> None:

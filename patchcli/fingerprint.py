@@ -1,0 +1,116 @@
+"""The fingerprint of a run: a digest of everything that decides its patches.
+
+Two runs with the same fingerprint write the same patches for the same
+subject. Shards of one run share it (``merge`` checks it), and ``--resume``
+continues a ``.partial`` only if its fingerprint is the current one.
+
+What enters it: the sampler, the sampling keys of the config (the
+``FINGERPRINT_KEYS`` below, normalised: ``patch_size: 64`` and ``[64, 64,
+64]`` are the same), the image names and types, and the manifest itself
+(every subject's id, image paths and ``num_samples``; not the manifest's own
+path, so two copies of one manifest agree). What does not: the shard, the
+output path, ``workers``, ``block_size``, progress options, and the keys that
+only ``queue-sim`` and ``memory`` read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .config import Config
+from .subjects import SubjectSpec
+
+#: Config keys that decide the patches, besides ``images`` and the manifest.
+FINGERPRINT_KEYS = (
+    "patch_size",
+    "num_patches",
+    "probability_map",
+    "label_name",
+    "label_probabilities",
+    "patch_overlap",
+    "padding_mode",
+    "seed",
+    "reader",
+    "affine_tolerance",
+    "output.format",
+    "output.compression",
+    "output.compression_level",
+    "output.dtype",
+)
+#: Config keys that do not change the patches (the test suite checks that every key
+#: of :class:`~patchcli.config.Config` is in one list or the other).
+NOT_FINGERPRINTED = (
+    "subjects",  # replaced by the manifest's content
+    "shard",
+    "workers",
+    "block_size",
+    "output.path",
+    # queue-sim and memory only:
+    "sampler",
+    "max_length",
+    "samples_per_volume",
+    "num_workers",
+    "prefetch_factor",
+    "shuffle_subjects",
+    "shuffle_patches",
+    "batch_size",
+    "num_epochs",
+    "num_subjects",
+    "load_seconds",
+    "step_seconds",
+)
+
+
+def _value(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    if key == "patch_size" and value is not None:
+        return list(config.patch_triplet)
+    if key == "patch_overlap":
+        return list(config.overlap_triplet)
+    if key == "label_probabilities" and value is not None:
+        return sorted([int(label), float(p)] for label, p in value.items())
+    return value
+
+
+def fingerprint_payload(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> dict:
+    """What :func:`config_fingerprint` digests, as plain JSON-able data."""
+    return {
+        "sampler": sampler,
+        "images": {name: spec.type for name, spec in config.images.items()},
+        **{key: _value(config, key) for key in FINGERPRINT_KEYS},
+        "manifest": [
+            [spec.index, spec.id, spec.num_samples, {k: str(p) for k, p in spec.paths.items()}]
+            for spec in subjects
+        ],
+    }
+
+
+def config_fingerprint(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> str:
+    """A SHA-256 hex digest of the settings that decide the patches of a run.
+
+    ``subjects`` is the whole manifest (not one shard's part of it).
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from patchcli.config import load_config
+    >>> specs = [SubjectSpec(0, "a", {"t1": Path("/data/a.nii.gz")})]
+    >>> one = load_config(None, {"images": {"t1": "intensity"}, "patch_size": 8, "workers": 2})
+    >>> two = load_config(None, {"images": {"t1": "intensity"}, "patch_size": [8, 8, 8]})
+    >>> config_fingerprint(one, "uniform", specs) == config_fingerprint(two, "uniform", specs)
+    True
+    >>> config_fingerprint(one, "uniform", specs) == config_fingerprint(one, "grid", specs)
+    False
+    """
+    text = json.dumps(
+        fingerprint_payload(config, sampler, subjects), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+__all__ = ["FINGERPRINT_KEYS", "NOT_FINGERPRINTED", "config_fingerprint", "fingerprint_payload"]

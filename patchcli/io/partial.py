@@ -1,0 +1,246 @@
+"""The life of one run's output: claimed, written as ``.partial``, checkpointed, renamed.
+
+:class:`PartialOutput` puts together what makes an output safe on a cluster:
+
+- an exclusive :class:`~patchcli.io.claim.Claim`, so that a second run on the
+  same output is refused instead of corrupting the first;
+- the output written under ``<output>.partial`` and renamed to its final
+  name only once complete;
+- a :class:`~patchcli.io.progress.ProgressJournal` of the complete subjects,
+  so that a run stopped by a signal, a kill, a node crash, a full disk or a
+  bad subject keeps what it finished and ``--resume`` continues from there;
+- the rules for what is already there: an existing output is refused unless
+  ``overwrite`` (or, with ``resume``, recognised as this run's, complete); an
+  existing ``.partial`` is refused unless ``resume`` or ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, PatchcliWarning
+from .atomic import check_output_free, partial_path
+from .claim import Claim
+from .progress import ProgressJournal, journal_path, sync_to_disk
+
+
+class PartialUnusable(DataError):
+    """A ``.partial`` that cannot be continued (a kill left it unreadable): start again."""
+
+
+@dataclass(frozen=True)
+class KeptPartial:
+    """What a stopped run kept: attached to its exception as ``error.kept_partial``."""
+
+    path: Path
+    done: int
+    total: int
+
+
+class PartialOutput:
+    """One run's output, from claim to rename; a context manager.
+
+    Parameters
+    ----------
+    path : Path
+        The final output (file, or folder when ``folder``).
+    header : mapping
+        What identifies the run in the journal: at least ``fingerprint``,
+        ``format``, ``subjects`` (this output's count) and ``patches``.
+    folder : bool
+    overwrite : bool
+        Replace an existing output, and discard an existing ``.partial``.
+    resume : bool
+        Continue an existing ``.partial`` from its complete subjects; an
+        existing output made by the same run (same fingerprint) is complete.
+    kind : str, optional
+        The format a folder's marker must name for ``overwrite`` to replace it.
+
+    Attributes
+    ----------
+    temporary : Path
+        Where to write (``<output>.partial``).
+    complete : bool
+        With ``resume``: the output already exists, made by this run.
+    resumed : list of dict
+        With ``resume``: records of the subjects already complete, in order.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        header: Mapping[str, Any],
+        *,
+        folder: bool = False,
+        overwrite: bool = False,
+        resume: bool = False,
+        kind: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.header = dict(header)
+        self.folder = folder
+        self.overwrite = overwrite
+        self.resume = resume
+        self.kind = kind
+        self.temporary = partial_path(self.path)
+        self.complete = False
+        self.resumed: list[dict[str, Any]] = []
+        self.journal: ProgressJournal | None = None
+        self.claim: Claim | None = None
+        self._committed = False
+
+    # --------------------------------------------------------------- start
+    def __enter__(self) -> PartialOutput:
+        self.claim = Claim(self.path)
+        try:
+            self._start()
+        except BaseException:
+            self.claim.release()
+            raise
+        return self
+
+    def _start(self) -> None:
+        if self.resume and self._final_is_this_run():
+            self.complete = True
+            return
+        check_output_free(self.path, self.overwrite, self.folder, self.kind)
+        leftover = self.temporary.exists() or self.temporary.is_symlink()
+        if leftover and self.resume:
+            self.resumed = self._resumable()
+            if self.resumed:
+                return
+        elif leftover and not self.overwrite:
+            raise DataError(
+                f"{self.temporary}: left by an earlier run that did not finish "
+                f"({self._done_text()}); continue it with --resume, or start again with "
+                "--overwrite"
+            )
+        self.start_fresh()
+
+    def _final_is_this_run(self) -> bool:
+        if not self.path.exists():
+            return False
+        from .reader import read_patch_output
+
+        try:
+            output = read_patch_output(self.path)
+        except DataError:
+            return False
+        return (
+            output.fingerprint == self.header.get("fingerprint")
+            and output.num_patches == self.header.get("patches")
+            and len(output.subjects) == self.header.get("subjects")
+        )
+
+    def _done_text(self) -> str:
+        try:
+            _, records, _ = ProgressJournal.read(self.temporary)
+        except DataError:
+            return "no readable progress record"
+        return f"{len(records)} of {self.header.get('subjects')} subjects complete"
+
+    def _resumable(self) -> list[dict[str, Any]]:
+        """The trusted complete subjects of the ``.partial``; [] if it must start again."""
+        try:
+            header, records, _ = ProgressJournal.read(self.temporary)
+        except DataError as error:
+            self._warn_restart(str(error))
+            return []
+        if header.get("fingerprint") != self.header.get("fingerprint"):
+            raise DataError(
+                f"{self.temporary}: written by a run with another configuration or manifest "
+                "(its fingerprint differs); start again with --overwrite"
+            )
+        for key in ("format", "subjects", "patches"):
+            if header.get(key) != self.header.get(key):
+                raise DataError(
+                    f"{self.temporary}: its run had {key} {header.get(key)!r}, this one "
+                    f"{self.header.get(key)!r} (did the inputs change?); start again with "
+                    "--overwrite"
+                )
+        return records
+
+    def _warn_restart(self, reason: str) -> None:
+        warnings.warn(
+            f"{self.temporary}: cannot be continued ({reason}); starting again",
+            PatchcliWarning,
+            stacklevel=3,
+        )
+
+    def start_fresh(self) -> None:
+        """Discard any ``.partial`` and begin a new one (also after :class:`PartialUnusable`)."""
+        if self.resumed:
+            self._warn_restart("its completed subjects cannot be read back")
+        self.resumed = []
+        _remove(self.temporary)
+        self.temporary.parent.mkdir(parents=True, exist_ok=True)
+        if self.folder:
+            self.temporary.mkdir()
+        self.journal = ProgressJournal.create(self.temporary, self.header)
+
+    def continue_partial(self) -> None:
+        """Start journaling on top of the resumed subjects (after the writer reopened them)."""
+        # What the previous run wrote is forced to disk before the new journal
+        # lists it as durable.
+        sync_to_disk(self.temporary)
+        self.journal = ProgressJournal.create(self.temporary, self.header, self.resumed)
+
+    # ------------------------------------------------------------- progress
+    @property
+    def done(self) -> int:
+        return self.journal.subjects if self.journal is not None else len(self.resumed)
+
+    def checkpoint(self, record: Mapping[str, Any]) -> None:
+        """Record a complete subject, after the writer's checkpoint (``flush``)."""
+        assert self.journal is not None
+        self.journal.subject_done(record)
+
+    def commit(self) -> None:
+        """Rename the complete ``.partial`` to the final name."""
+        check_output_free(self.path, self.overwrite, self.folder, self.kind)
+        if self.folder and self.path.exists():
+            _remove(self.path)
+        self.temporary.replace(self.path)
+        if self.journal is not None:
+            self.journal.remove()
+        self._committed = True
+
+    # ------------------------------------------------------------------ end
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if error is not None and not self._committed and not self.complete:
+                self._stop(error)
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+
+    def _stop(self, error: BaseException) -> None:
+        if self.journal is None or self.done == 0:
+            if self.journal is not None:
+                self.journal.remove()
+            _remove(self.temporary)
+            return
+        try:
+            self.journal.sync()
+        except OSError:
+            pass  # a full disk: what is durable already stays recorded
+        self.journal.close()
+        error.kept_partial = KeptPartial(  # type: ignore[attr-defined]
+            self.temporary, self.done, int(self.header.get("subjects", 0))
+        )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    journal_path(path).unlink(missing_ok=True)
+
+
+__all__ = ["KeptPartial", "PartialOutput", "PartialUnusable"]

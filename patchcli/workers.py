@@ -1,0 +1,111 @@
+"""Worker processes that load subjects and draw their locations, in manifest order.
+
+Workers are forked before the output is opened (neither h5py state nor
+threads cross the fork). They ignore SIGINT and SIGTERM, so that the main
+process alone decides how a run stops, and they die with it: on Linux the
+kernel kills them when the main process dies (``PR_SET_PDEATHSIG``), even
+by SIGKILL; elsewhere a watcher thread notices the parent is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_all_start_methods, get_context
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: ignore stop signals; exit when ``parent`` exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        name = ctypes.util.find_library("c")
+        if name:
+            libc = ctypes.CDLL(name, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    if not sys.platform.startswith("linux"):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """``workers`` processes, started now (None for 0: work in this process).
+
+    Forked where possible: no re-import of the caller's script, fast start.
+    Call it before the output file is opened and before any thread starts;
+    the first task makes the pool start all of its processes at once.
+    """
+    if workers <= 0:
+        return None
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=get_context(method),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+    pool.submit(os.getpid).result()
+    return pool
+
+
+def stop_pool(pool: ProcessPoolExecutor | None, *, kill: bool = False) -> None:
+    """Shut the pool down; with ``kill``, end busy workers now instead of waiting."""
+    if pool is None:
+        return
+    if kill:
+        # ProcessPoolExecutor waits for running tasks; a stopped run must not.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            if process.is_alive():
+                process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(
+    function: Callable[..., T],
+    arguments: Iterable[tuple[Any, ...]],
+    pool: ProcessPoolExecutor | None,
+    in_flight: int,
+) -> Iterator[T]:
+    """``function(*args)`` for each item of ``arguments``, in order.
+
+    With a pool, at most ``in_flight`` calls run or wait ahead of the one
+    being consumed, which bounds memory; without, calls run here, one by one.
+    """
+    items = iter(arguments)
+    if pool is None:
+        for args in items:
+            yield function(*args)
+        return
+    pending: deque[Future] = deque()
+    for args in items:
+        pending.append(pool.submit(function, *args))
+        if len(pending) > in_flight:
+            break
+    while pending:
+        yield pending.popleft().result()
+        for args in items:
+            pending.append(pool.submit(function, *args))
+            break
+
+
+__all__ = ["ordered_map", "start_pool", "stop_pool"]
