@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from .errors import DataError
-from .io.reader import HandleCache, PatchOutput, read_patch_output
+from .io.reader import HandleCache, PatchOutput, default_max_open, read_patch_output
 
 __all__ = ["PatchDataset", "PatchBatchSampler", "PatchSubject", "worker_generator"]
 
@@ -145,8 +145,9 @@ class PatchDataset(Dataset):
     torch.Size([4, 1, 8, 8, 8])
     """
 
-    #: HDF5 files kept open at once per process (least recently used closed first).
-    max_open_files = 64
+    #: HDF5 files kept open at once per process (least recently used closed first):
+    #: half the process's file descriptor limit, at most 4096 (``ulimit -n``).
+    max_open_files = default_max_open()
 
     def __init__(
         self,

@@ -62,20 +62,27 @@ def write_config(path: Path, **keys) -> Path:
     return path
 
 
-def assert_same_hdf5(first: Path, second: Path, ignore_attributes=()) -> None:
+#: What a merge adds to the content of an unsharded run: its bookkeeping.
+MERGE_RECORDS = {"attributes": ("merge", "shard_count"), "groups": ("shards",)}
+
+
+def assert_same_hdf5(first: Path, second: Path, ignore_attributes=(), ignore_groups=()) -> None:
     """Two HDF5 files hold the same groups, datasets (values, dtypes, shapes) and attributes.
 
     Virtual datasets are compared by the values they read. ``ignore_attributes``
     names root attributes allowed to differ (e.g. ``config``, which records the
-    output path).
+    output path), ``ignore_groups`` top-level groups present in one file only.
     """
     import h5py
     import hdf5plugin  # noqa: F401
 
+    def names(file) -> list[str]:
+        found: list[str] = []
+        file.visit(found.append)
+        return [n for n in found if n.split("/")[0] not in ignore_groups]
+
     with h5py.File(first, "r") as a, h5py.File(second, "r") as b:
-        names_a, names_b = [], []
-        a.visit(names_a.append)
-        b.visit(names_b.append)
+        names_a, names_b = names(a), names(b)
         assert sorted(names_a) == sorted(names_b), (first, second)
         for name in names_a:
             if isinstance(a[name], h5py.Dataset):
@@ -115,9 +122,14 @@ def assert_same_nifti_folder(first: Path, second: Path, ignore=("config",)) -> N
         np.testing.assert_array_equal(image_a.affine, image_b.affine)
 
 
-def assert_same_output(first: Path, second: Path) -> None:
-    """Two patch outputs (HDF5 files or NIfTI folders) hold the same content, but their config."""
+def assert_same_output(first: Path, second: Path, merged: bool = False) -> None:
+    """Two patch outputs (HDF5 files or NIfTI folders) hold the same content, but their config.
+
+    With ``merged``, ``first`` is a merge and its merge records are not compared.
+    """
+    extra = MERGE_RECORDS["attributes"] if merged else ()
     if Path(first).is_dir():
-        assert_same_nifti_folder(Path(first), Path(second))
+        assert_same_nifti_folder(Path(first), Path(second), ignore=("config", *extra))
     else:
-        assert_same_hdf5(first, second, ignore_attributes=("config",))
+        groups = MERGE_RECORDS["groups"] if merged else ()
+        assert_same_hdf5(first, second, ("config", *extra), groups)

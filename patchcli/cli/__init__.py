@@ -31,10 +31,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import aggregate, extract, memory, phantom, queue_sim
+    from . import aggregate, extract, memory, merge, phantom, queue_sim
 
     for command in (
         *extract.COMMANDS,
+        merge.merge,
         aggregate.aggregate,
         queue_sim.queue_sim,
         memory.memory,

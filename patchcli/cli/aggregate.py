@@ -8,7 +8,7 @@ from .common import DtypeType, run_command, show_progress
 
 
 @click.command()
-@click.argument("patches", type=click.Path(dir_okay=False))
+@click.argument("patches", type=click.Path())
 @click.option("--image", help="The image of the grid file to reassemble.")
 @click.option(
     "--output-dir",
@@ -40,7 +40,8 @@ def aggregate(
 ):
     """Reassemble every subject of a grid output into one NIfTI per subject.
 
-    The volumes get their source's shape and affine (padding removed).
+    PATCHES is a grid output: an HDF5 file, a merge of grid shards, or a NIfTI
+    folder. The volumes get their source's shape and affine (padding removed).
 
     \b
     Example:

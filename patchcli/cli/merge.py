@@ -1,0 +1,57 @@
+"""``patchcli merge``: put the shards of a run back together."""
+
+from __future__ import annotations
+
+import click
+
+from .common import run_command, show_progress
+
+
+@click.command()
+@click.argument("output", type=click.Path())
+@click.argument("shards", nargs=-1, type=click.Path(exists=False))
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="HDF5: one self-contained file instead of virtual datasets. NIfTI: keep the shards.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip", "lz4", "zstd"]),
+    help="With --copy: recompress (gzip is read by every HDF5 tool).",
+)
+@click.option("--compression-level", type=click.IntRange(0, 9), help="With --compression.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing merged output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@run_command
+def merge(output, shards, copy, compression, compression_level, overwrite, quiet):
+    """Merge the shards of a run (out.shard-I-of-N.h5, ...) into OUTPUT.
+
+    With no SHARDS named, the shards are OUTPUT's siblings named after it. They
+    must come from one run and hold every subject of its manifest exactly once;
+    otherwise nothing is written.
+
+    \b
+    Example:
+      patchcli uniform configs/uniform.yaml --shard 0/2
+      patchcli uniform configs/uniform.yaml --shard 1/2
+      patchcli merge demo/out/uniform.h5
+    """
+    from ..merge import merge as merge_shards
+    from ..units import format_bytes
+
+    result = merge_shards(
+        output,
+        shards or None,
+        copy=copy,
+        compression=compression,
+        compression_level=compression_level,
+        overwrite=overwrite,
+        progress=show_progress(quiet),
+    )
+    how = {"virtual": "virtual datasets over the shards", "copy": "copied", "nifti": "one folder"}
+    click.echo(
+        f"merge: {result.shards} shards, {result.patches} patches from {result.subjects} "
+        f"subjects ({how[result.mode]}), {format_bytes(result.bytes_written)} written to "
+        f"{result.path} in {result.seconds:.1f} s"
+    )
