@@ -123,7 +123,8 @@ class Config(_Strict):
     reader: Literal["auto", "nibabel", "sitk"] = "auto"
     affine_tolerance: float = Field(default=1e-4, ge=0)
     block_size: str = "64MiB"
-    workers: int = Field(default=0, ge=0)
+    #: Processes loading subjects; ``auto``: one per core this process may use.
+    workers: int | Literal["auto"] = 0
     #: ``I/N`` (the I-th of N blocks of the manifest, 0-based) or ``auto`` (patchcli.shards).
     shard: str | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -163,6 +164,17 @@ class Config(_Strict):
     @classmethod
     def _padding_mode(cls, value: Any) -> Any:
         return _as_value_error(check_padding_mode, value)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"workers must be a count (0: in this process) or auto, not {value!r}")
+        return value
 
     @field_validator("shard", mode="before")
     @classmethod

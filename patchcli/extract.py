@@ -51,7 +51,7 @@ from .shards import Shard, parse_shard, shard_output_path
 from .signals import DeferredSignals
 from .subjects import SubjectSpec, load_subject, read_manifest, read_subject_headers
 from .units import parse_size
-from .workers import ordered_map, start_pool, stop_pool
+from .workers import ordered_map, resolve_workers, start_pool, stop_pool
 
 SAMPLERS = ("uniform", "weighted", "label", "grid")
 
@@ -475,14 +475,15 @@ def extract(
                 time.perf_counter() - started,
                 already_complete=True,
             )
-        pool = start_pool(config.workers)
+        workers = resolve_workers(config.workers)
+        pool = start_pool(workers)
         stopped = True
         try:
             with DeferredSignals() as signals:
                 writer = _open_writer(plan, output)
                 resumed = len(writer.subjects)
                 try:
-                    _write_subjects(plan, writer, output, pool, signals, progress)
+                    _write_subjects(plan, writer, output, pool, workers, signals, progress)
                     writer.close()
                 except BaseException:
                     writer.abort()
@@ -587,6 +588,7 @@ def _write_subjects(
     writer,
     output: PartialOutput,
     pool,
+    workers: int,
     signals: DeferredSignals,
     progress: bool | None,
 ) -> None:
@@ -606,7 +608,7 @@ def _write_subjects(
     )
     with progress_bar(plan.total_patches, progress) as bar:
         bar.update(row)
-        subjects = ordered_map(prepare_subject, work, pool, config.workers)
+        subjects = ordered_map(prepare_subject, work, pool, workers)
         for number, subject in enumerate(subjects, start=first):
             for message in subject.warnings:
                 warnings.warn(message, PatchcliWarning, stacklevel=3)

@@ -48,6 +48,28 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def available_cores(environ=None) -> int:
+    """Cores this process may use: ``SLURM_CPUS_PER_TASK`` in a SLURM job, else its CPU affinity."""
+    environ = os.environ if environ is None else environ
+    allotted = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if allotted.isdigit() and int(allotted) > 0:
+        return int(allotted)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | str, environ=None) -> int:
+    """A ``workers`` setting as a process count: ``auto`` is one per available core, and 0
+    (work in this process) when there is only one: a single worker only adds the cost of
+    sending each subject's volumes back."""
+    if workers != "auto":
+        return int(workers)
+    cores = available_cores(environ)
+    return cores if cores > 1 else 0
+
+
 def start_pool(workers: int) -> ProcessPoolExecutor | None:
     """``workers`` processes, started now (None for 0: work in this process).
 
@@ -108,4 +130,4 @@ def ordered_map(
             break
 
 
-__all__ = ["ordered_map", "start_pool", "stop_pool"]
+__all__ = ["available_cores", "ordered_map", "resolve_workers", "start_pool", "stop_pool"]

@@ -3,14 +3,24 @@
 TorchIO parity tests use the ``torchio`` fixture. Where TorchIO is not installed
 they are skipped, except when ``PATCHCLI_REQUIRE_PARITY=1`` (set by CI): then a
 missing TorchIO is a failure, so a broken install can never pass as green.
+
+Tests marked ``slurm`` use the ``slurm`` fixture: a real one-node SLURM started
+once per session by tests/slurm/start-slurm.sh (root and apt needed). Where it
+cannot start they are skipped, except when ``PATCHCLI_REQUIRE_SLURM=1`` (set by
+CI): then they fail.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+
+SLURM_SCRIPTS = Path(__file__).parent / "slurm"
 
 
 def _require_parity() -> bool:
@@ -37,3 +47,40 @@ def torch():
         if _require_parity():
             pytest.fail(f"PATCHCLI_REQUIRE_PARITY=1 but torch cannot be imported: {error}")
         pytest.skip("torch is not installed (pip install -e '.[torch]')")
+
+
+def _require_slurm() -> bool:
+    return os.environ.get("PATCHCLI_REQUIRE_SLURM", "") == "1"
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return state.returncode == 0 and any(
+        line.strip() in ("idle", "mix", "alloc") for line in state.stdout.splitlines()
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A SLURM controller with an idle node; stopped at the end if this session started it."""
+
+    def unavailable(reason: str):
+        if _require_slurm():
+            pytest.fail(f"PATCHCLI_REQUIRE_SLURM=1 but SLURM is unavailable: {reason}")
+        pytest.skip(f"SLURM is unavailable: {reason}")
+
+    started = False
+    if not _slurm_up():
+        if os.geteuid() != 0:
+            unavailable("not running, and starting it needs root")
+        result = subprocess.run(
+            ["bash", str(SLURM_SCRIPTS / "start-slurm.sh")], capture_output=True, text=True
+        )
+        if result.returncode != 0 or not _slurm_up():
+            unavailable((result.stderr or result.stdout).strip()[-2000:])
+        started = True
+    yield
+    if started:
+        subprocess.run(["bash", str(SLURM_SCRIPTS / "stop-slurm.sh")], capture_output=True)

@@ -48,8 +48,8 @@ def run_command(function: Callable[..., Any]) -> Callable[..., Any]:
             kept = getattr(error, "kept_partial", None)
             if kept is not None:
                 click.echo(
-                    f"note: the {kept.done} of {kept.total} subjects complete are kept in "
-                    f"{kept.path}; once the input is fixed, rerun with --resume to continue "
+                    f"note: {kept.done} of {kept.total} subjects were complete and are kept in "
+                    f"{kept.path}; once the cause is fixed, rerun with --resume to continue "
                     "(or --overwrite to start again)",
                     err=True,
                 )

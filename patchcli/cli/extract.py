@@ -55,7 +55,11 @@ COMMON_OPTIONS: list[ConfigOption] = [
         "reader",
         dict(type=click.Choice(["auto", "nibabel", "sitk"]), help="Image reader."),
     ),
-    ("--workers", "workers", dict(type=click.IntRange(min=0), help="Processes loading subjects.")),
+    (
+        "--workers",
+        "workers",
+        dict(metavar="N|auto", help="Processes loading subjects; auto: one per available core."),
+    ),
     (
         "--shard",
         "shard",
