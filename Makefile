@@ -24,6 +24,11 @@ demo: install
 	$(BIN)/patchcli label configs/label.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --format nifti --output demo/out/grid_nifti --overwrite
+	rm -rf demo/out/cluster
+	$(BIN)/patchcli submit label configs/cluster.yaml --shards 2 --time 00:30:00 --dry-run
+	$(BIN)/patchcli label configs/cluster.yaml --shard 0/2
+	$(BIN)/patchcli label configs/cluster.yaml --shard 1/2
+	$(BIN)/patchcli merge demo/out/cluster/patches.h5
 	$(BIN)/patchcli aggregate demo/out/grid.h5 --image t1 --output-dir demo/out/volumes --overwrite
 	$(BIN)/patchcli queue-sim configs/queue-sim.yaml --trace demo/out/trace.csv --plot demo/out/queue.png --overwrite
 	$(BIN)/patchcli memory configs/memory.yaml

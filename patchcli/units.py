@@ -137,6 +137,18 @@ def _three_digits(value: float) -> str:
     return f"{value:.0f}"
 
 
+def count(number: int, noun: str) -> str:
+    """``1 subject``, ``3 subjects``: a number and its noun, plural when not one.
+
+    Examples
+    --------
+    >>> count(1, "subject"), count(0, "patch"), count(2, "shard")
+    ('1 subject', '0 patches', '2 shards')
+    """
+    plural = noun + ("es" if noun.endswith(("ch", "sh", "s", "x")) else "s")
+    return f"{number} {noun if number == 1 else plural}"
+
+
 def parse_size(text: str | int) -> int:
     """Read a size in bytes such as ``"8GiB"``, ``"500MB"``, ``"1.5 GiB"`` or ``"123"``.
 

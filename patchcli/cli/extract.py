@@ -122,17 +122,15 @@ HELP = {
 
 def summary_text(result) -> str:
     """The last line of a run: what was written, where, how fast."""
-    from ..units import format_bytes
+    from ..units import count, format_bytes
 
+    what = f"{count(result.patches, 'patch')} from {count(result.subjects, 'subject')}"
     if result.already_complete:
-        return (
-            f"{result.path} is already complete ({result.patches} patches from "
-            f"{result.subjects} subjects); nothing to do"
-        )
+        return f"{result.path} is already complete ({what}); nothing to do"
     resumed = f" ({result.resumed} resumed)" if result.resumed else ""
     return (
-        f"{result.patches} patches from {result.subjects} subjects{resumed}, "
-        f"{format_bytes(result.bytes_written)} written to {result.path} in {result.seconds:.1f} s"
+        f"{what}{resumed}, {format_bytes(result.bytes_written)} written to {result.path} "
+        f"in {result.seconds:.1f} s"
     )
 
 

@@ -38,7 +38,7 @@ def merge(output, shards, copy, compression, compression_level, overwrite, quiet
       patchcli merge demo/out/uniform.h5
     """
     from ..merge import merge as merge_shards
-    from ..units import format_bytes
+    from ..units import count, format_bytes
 
     result = merge_shards(
         output,
@@ -51,7 +51,8 @@ def merge(output, shards, copy, compression, compression_level, overwrite, quiet
     )
     how = {"virtual": "virtual datasets over the shards", "copy": "copied", "nifti": "one folder"}
     click.echo(
-        f"merge: {result.shards} shards, {result.patches} patches from {result.subjects} "
-        f"subjects ({how[result.mode]}), {format_bytes(result.bytes_written)} written to "
+        f"merge: {count(result.shards, 'shard')}, {count(result.patches, 'patch')} from "
+        f"{count(result.subjects, 'subject')} ({how[result.mode]}), "
+        f"{format_bytes(result.bytes_written)} written to "
         f"{result.path} in {result.seconds:.1f} s"
     )
