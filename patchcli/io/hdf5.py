@@ -136,6 +136,10 @@ class Hdf5PatchWriter(PatchWriter):
         DataError
             When its datasets are not the ones this run writes.
         """
+        # Blosc (lz4, zstd) is an optional filter: without its plugin registered, HDF5
+        # silently stores the chunks written from now on uncompressed.
+        import hdf5plugin  # noqa: F401
+
         path = Path(path)
         try:
             file = h5py.File(path, "r+", locking=False)
