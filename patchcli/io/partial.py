@@ -114,7 +114,8 @@ class PartialOutput:
             self.resumed = self._resumable()
             if self.resumed:
                 return
-        elif leftover and not self.overwrite:
+        elif leftover and not self.overwrite and self._complete_subjects() != 0:
+            # (With none complete there is nothing to lose; the claim says no run owns it.)
             raise DataError(
                 f"{self.temporary}: left by an earlier run that did not finish "
                 f"({self._done_text()}); continue it with --resume, or start again with "
@@ -137,12 +138,19 @@ class PartialOutput:
             and len(output.subjects) == self.header.get("subjects")
         )
 
-    def _done_text(self) -> str:
+    def _complete_subjects(self) -> int | None:
+        """Subjects the ``.partial``'s journal trusts as complete; None if unreadable."""
         try:
             _, records, _ = ProgressJournal.read(self.temporary)
         except DataError:
+            return None
+        return len(records)
+
+    def _done_text(self) -> str:
+        done = self._complete_subjects()
+        if done is None:
             return "no readable progress record"
-        return f"{len(records)} of {self.header.get('subjects')} subjects complete"
+        return f"{done} of {self.header.get('subjects')} subjects complete"
 
     def _resumable(self) -> list[dict[str, Any]]:
         """The trusted complete subjects of the ``.partial``; [] if it must start again."""
