@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from .errors import DataError
-from .io.reader import HandleCache, PatchOutput, default_max_open, read_patch_output
+from .io.reader import HandleCache, PatchOutput, read_patch_output
 
 __all__ = ["PatchDataset", "PatchBatchSampler", "PatchSubject", "worker_generator"]
 
@@ -145,17 +145,13 @@ class PatchDataset(Dataset):
     torch.Size([4, 1, 8, 8, 8])
     """
 
-    #: HDF5 files kept open at once per process (least recently used closed first):
-    #: half the process's file descriptor limit, at most 4096 (``ulimit -n``).
-    max_open_files = default_max_open()
-
     def __init__(
         self,
         path: PathLike | Sequence[PathLike],
         images: str | Sequence[str] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
-        self._handles = HandleCache(self.max_open_files)
+        self._handles = HandleCache()
         if isinstance(path, (str, os.PathLike)):
             paths = [Path(path)]
         else:
@@ -216,6 +212,18 @@ class PatchDataset(Dataset):
             -1, 4, 4
         )
         self._subject_padding = np.array(paddings, dtype=np.int64).reshape(-1, 3)
+
+    @property
+    def max_open_files(self) -> int:
+        """HDF5 files kept open at once per process (least recently used closed first).
+
+        Half the process's file descriptor limit (``ulimit -n``), at most 4096.
+        """
+        return self._handles.max_open
+
+    @max_open_files.setter
+    def max_open_files(self, value: int) -> None:
+        self._handles.max_open = int(value)
 
     # ------------------------------------------------------------------ tables
     def __len__(self) -> int:
@@ -532,7 +540,6 @@ class PatchDataset(Dataset):
             number = 0
         else:
             number = int(np.searchsorted(self._starts, row, side="right") - 1)
-        self._handles.max_open = self.max_open_files
         local = row - int(self._starts[number])
         self._sources[number].read_rows(name, local, count, out, self._handles)
 
