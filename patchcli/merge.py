@@ -283,6 +283,11 @@ def _check_rows(output: Path, ordered: list[PatchOutput]) -> None:
             row = subject.manifest_row
             if row is None:
                 raise DataError(f"{shard.path}: subject {subject.id!r} has no manifest row")
+            if total is not None and not 0 <= row < int(total):
+                raise DataError(
+                    f"{shard.path}: subject {subject.id!r} has manifest row {row}, outside the "
+                    f"manifest's {total} subjects"
+                )
             if row in seen:
                 raise DataError(
                     f"{output}: manifest row {row} (subject {subject.id!r}) is in both "
