@@ -147,6 +147,11 @@ def merge(
             f"{output.stem}.shard-0-of-N{output.suffix}); run the shards first, or name them"
         )
     checked = check_shards(output, paths)
+    if compression is None and compression_level is not None:
+        # A new level for the shards' own compression.
+        compression = str(checked.outputs[0].attributes.get("compression", "none"))
+        if compression == "none":
+            raise ConfigError("--compression-level needs a compression: the shards have none")
     with Claim(output):
         if checked.kind == "nifti":
             mode = "nifti"
@@ -490,8 +495,12 @@ def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
                 for record in shard.subjects:
                     (folder / record.id).mkdir()
                 for name in first.images:
+                    dtype = checked.dtypes[name]
                     for relative in shard.nifti_files[name]:
-                        _link_or_copy(shard.path / relative, folder / relative)
+                        if shard.dtypes[name] == dtype:
+                            _link_or_copy(shard.path / relative, folder / relative)
+                        else:  # stored as an unsharded run would have
+                            _convert_patch(shard.path / relative, folder / relative, dtype)
                         bar.update(1)
                 for record in shard.subjects:
                     subjects.append(
@@ -510,6 +519,18 @@ def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
     metadata["subjects"] = subjects
     metadata["config"] = _merged_config(config, checked.dtypes)
     write_metadata(folder, metadata)
+
+
+def _convert_patch(source: Path, target: Path, dtype: np.dtype) -> None:
+    """A patch file rewritten in the merged ``dtype`` (values fit: it holds them all)."""
+    import nibabel as nib
+
+    from .io.nifti import write_patch_nifti
+
+    image = nib.load(source)
+    data = np.asanyarray(image.dataobj)
+    patch = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+    write_patch_nifti(target, patch.astype(dtype), image.affine)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -42,8 +42,9 @@ def _config(output: Path, manifest: Path, **keys):
         output={"path": str(output)},
     )
     base.update(keys)
-    if "format" in keys:
-        base["output"]["format"] = base.pop("format")
+    for key in ("format", "compression"):  # output keys given flat
+        if key in keys:
+            base["output"][key] = base.pop(key)
     return load_config(write_config(output.parent / f"{output.name}.yaml", **base))
 
 
@@ -144,17 +145,7 @@ def test_grid_shards_aggregate_like_the_unsharded_grid(tmp_path, manifest):
 
 
 def test_shards_of_different_dtypes_merge_to_the_unsharded_dtype(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = ["subject,t1"]
-    for index in range(4):
-        dtype = np.uint8 if index < 2 else np.int16
-        high = 200 if index < 2 else 3000
-        path = save_nifti(
-            tmp_path / f"s{index}.nii.gz", rng.integers(0, high, (9, 9, 9)).astype(dtype)
-        )
-        rows.append(f"s{index},{path.name}")
-    manifest = tmp_path / "subjects.csv"
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest = _mixed_dtype_manifest(tmp_path)
     keys = dict(images={"t1": "intensity"}, patch_size=4, num_patches=3)
     config = load_config(
         None, {"subjects": str(manifest), **keys, "output.path": str(tmp_path / "o.h5")}
@@ -343,3 +334,59 @@ def test_no_shards_at_all_or_not_patch_outputs(tmp_path):
     _refused(tmp_path / "patches.h5", match="no shards found beside it")
     (tmp_path / "grid.shard-0-of-1").mkdir()
     _refused(tmp_path / "grid", match="not a patchcli NIfTI output folder")
+
+
+def _mixed_dtype_manifest(folder: Path) -> Path:
+    """4 subjects: t1 uint8 in the first two, int16 in the others."""
+    rng = np.random.default_rng(0)
+    rows = ["subject,t1"]
+    for index in range(4):
+        dtype, high = (np.uint8, 200) if index < 2 else (np.int16, 3000)
+        path = save_nifti(
+            folder / f"m{index}.nii.gz", rng.integers(0, high, (9, 9, 9)).astype(dtype)
+        )
+        rows.append(f"m{index},{path.name}")
+    manifest = folder / "mixed.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def test_nifti_shards_of_different_dtypes_merge_to_the_unsharded_files(tmp_path):
+    manifest = _mixed_dtype_manifest(tmp_path)
+    keys = dict(images={"t1": "intensity"}, patch_size=4, num_patches=3, format="nifti")
+    reference = _reference(tmp_path / "ref", manifest, "uniform", name="reference", **keys)
+    output = tmp_path / "out" / "patches"
+    _shards(output, manifest, 2, "uniform", **keys)
+    merge(output)
+    assert nib.load(output / "m0" / "t1_000000.nii.gz").get_data_dtype() == np.int16
+    assert_same_output(output, reference, merged=True)
+
+
+def test_a_shard_replaced_after_a_virtual_merge_is_refused_on_reading(tmp_path, manifest, torch):
+    from patchcli import PatchDataset
+
+    output = tmp_path / "patches.h5"
+    shards = _shards(output, manifest, 3)
+    merge(output)
+    other = _config(output, manifest, seed=99)  # same shapes, another run
+    shards[1].unlink()
+    extract(other.model_copy(update={"shard": "1/3"}), "weighted")
+    dataset = PatchDataset(output)
+    dataset[0]  # shard 0 is the merge's own
+    with pytest.raises(DataError, match=r"shard-1-of-3.h5: is not the shard .* replaced"):
+        dataset[len(dataset) // 2]
+
+
+def test_a_compression_level_alone_recompresses_with_the_shards_compression(tmp_path, manifest):
+    output = tmp_path / "patches.h5"
+    _shards(output, manifest, 2, patch_size=10, compression="gzip")
+    merge(output, copy=True, compression_level=9)
+    with h5py.File(output) as file:
+        assert file["patches/seg"].compression == "gzip"
+        assert file["patches/seg"].compression_opts == 9
+        assert "compression_level: 9" in file.attrs["config"]
+    none = tmp_path / "none" / "patches.h5"
+    none.parent.mkdir()
+    _shards(none, manifest, 2, compression="none")
+    with pytest.raises(ConfigError, match="the shards have none"):
+        merge(none, copy=True, compression_level=3)

@@ -219,6 +219,13 @@ class PatchOutput:
                     f"{part.path}: /patches/{name} has shape {tuple(dataset.shape)}, but "
                     f"{self.path} expects {expected} from it"
                 )
+            if part.path != self.path:  # a merge's shard: still the one it was made from?
+                found = handles.attribute(part.path, "config_fingerprint")
+                if found != self.fingerprint:
+                    raise DataError(
+                        f"{part.path}: is not the shard {self.path} was merged from (another "
+                        "run's fingerprint); it was replaced after the merge"
+                    )
             self._checked_parts.add(key)
         return dataset
 
@@ -303,6 +310,13 @@ class HandleCache:
         else:
             self._files.move_to_end(path)
         return handle.dataset(name)
+
+    def attribute(self, path: Path, name: str):
+        """A root attribute of a file opened by :meth:`dataset`, as a plain value, or None."""
+        handle = self._files.get(path)
+        if handle is None:
+            return None
+        return _plain(handle.file.attrs.get(name))
 
     def __len__(self) -> int:
         return len(self._files)
