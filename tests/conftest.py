@@ -7,7 +7,8 @@ missing TorchIO is a failure, so a broken install can never pass as green.
 Tests marked ``slurm`` use the ``slurm`` fixture: a real one-node SLURM started
 once per session by tests/slurm/start-slurm.sh (root and apt needed). Where it
 cannot start they are skipped, except when ``PATCHCLI_REQUIRE_SLURM=1`` (set by
-CI): then they fail.
+CI): then they fail. The full-disk tests (test_disk_full.py) mount small tmpfs file
+systems and are required the same way by ``PATCHCLI_REQUIRE_TMPFS=1``.
 """
 
 from __future__ import annotations

@@ -18,11 +18,14 @@ import numpy as np
 
 from ..errors import DataError
 from .partial import PartialUnusable
+from .space import ensure_space, release
 from .writer import PatchWriter, SubjectRecord
 
 FORMAT_NAME = "patchcli-patches"
 #: 2 added the fingerprint, shard and merge records (docs/format.md); 1 is still read.
 FORMAT_VERSION = 2
+#: Space kept reserved past the end of a file being written, for HDF5's metadata.
+_METADATA_MARGIN = 4 * 2**20
 #: How patch files store strings: variable-length UTF-8.
 STRING_DTYPE = h5py.string_dtype("utf-8")
 
@@ -83,7 +86,10 @@ class Hdf5PatchWriter(PatchWriter):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        self.file = h5py.File(self.path, "w", locking=False)
+        # Without a chunk cache: each chunk is written once, and the file's size then
+        # follows the writes, which space reservations rely on (io/space.py).
+        self.file = h5py.File(self.path, "w", locking=False, rdcc_nbytes=0)
+        self._descriptor = os.open(self.path, os.O_RDWR)
         self.image_names = list(images)
         filters = compression_options(compression, compression_level)
         root = self.file.attrs
@@ -142,13 +148,14 @@ class Hdf5PatchWriter(PatchWriter):
 
         path = Path(path)
         try:
-            file = h5py.File(path, "r+", locking=False)
+            file = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
         except OSError as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise PartialUnusable(f"{path}: cannot be reopened ({reason})") from None
         self = cls.__new__(cls)
         PatchWriter.__init__(self)
         self.path, self.file, self.image_names = path, file, list(images)
+        self._descriptor = os.open(path, os.O_RDWR)
         try:
             self.patches = {}
             for name, (channels, dtype, _) in images.items():
@@ -171,7 +178,7 @@ class Hdf5PatchWriter(PatchWriter):
                         "progress record says were written"
                     )
         except BaseException:
-            file.close()
+            self.abort()
             raise
         self.subjects = list(done)
         return self
@@ -187,19 +194,35 @@ class Hdf5PatchWriter(PatchWriter):
         locations: np.ndarray,
         subject_index: int,
     ) -> None:
-        """Write ``len(locations)`` patches starting at ``row``; arrays are (b, C, X, Y, Z)."""
+        """Write ``len(locations)`` patches starting at ``row``; arrays are (b, C, X, Y, Z).
+
+        Raises
+        ------
+        DiskFull
+            Before anything is written, when the block's space cannot be reserved.
+        """
         count = len(locations)
+        row_bytes = sum(array[0].nbytes for array in arrays.values()) + 56  # + location, index
+        chunks = count * len(arrays)
+        needed = (len(self.locations) - row) * row_bytes
+        self._reserve(count * row_bytes + _METADATA_MARGIN + 64 * chunks, needed)
         selection = np.s_[row : row + count]
         for name, array in arrays.items():
             self.patches[name].write_direct(array, np.s_[0:count], selection)
         self.locations[selection] = locations
         self.subject_index[selection] = subject_index
 
+    def _reserve(self, length: int, needed: int) -> None:
+        end = max(os.fstat(self._descriptor).st_size, self.file.id.get_filesize())
+        ensure_space(self._descriptor, self.path, end, length, max(needed, length))
+
     def close(self) -> None:
         """Write the subjects table and close the file."""
         if not self.file.id.valid:
             return
         rows = self.subjects
+        table = sum(200 + sum(len(p) for p in r.source.values()) for r in rows)
+        self._reserve(_METADATA_MARGIN + table, _METADATA_MARGIN + table)
         group = self.file.create_group("subjects")
         tables = {
             "id": np.array([r.id for r in rows], dtype=STRING_DTYPE),
@@ -218,10 +241,20 @@ class Hdf5PatchWriter(PatchWriter):
             paths = np.array([r.source[name] for r in rows], dtype=STRING_DTYPE)
             sources.create_dataset(name, data=paths)
         self.file.close()
+        self._release()
 
     def abort(self) -> None:
-        if self.file.id.valid:
-            self.file.close()
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._descriptor is not None:
+            release(self._descriptor)
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 # -- reading -------------------------------------------------------------------

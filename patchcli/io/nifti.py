@@ -13,6 +13,7 @@ volume in any viewer.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from .atomic import FOLDER_MARKER
 from .hdf5 import FORMAT_NAME, FORMAT_VERSION
 from .partial import PartialUnusable
 from .reader import CSV_NAME
+from .space import DiskFull, free_bytes, is_disk_full
 from .writer import PatchWriter, SubjectRecord
 
 
@@ -131,15 +133,26 @@ class NiftiPatchWriter(PatchWriter):
         subject_index: int,
     ) -> None:
         subject = self.current
-        for offset, location in enumerate(locations):
-            number = row + offset - subject.patch_start
-            world = patch_affine(subject.affine, location[:3] - self.padding)
-            relative = []
-            for name in self.image_names:
-                relative_path = f"{subject.id}/{patch_file_name(name, number)}"
-                write_patch_nifti(self.folder / relative_path, arrays[name][offset], world)
-                relative.append(relative_path)
-            self._csv.writerow([subject.id, number, *location.tolist(), *relative])
+        try:
+            for offset, location in enumerate(locations):
+                number = row + offset - subject.patch_start
+                world = patch_affine(subject.affine, location[:3] - self.padding)
+                relative = []
+                for name in self.image_names:
+                    relative_path = f"{subject.id}/{patch_file_name(name, number)}"
+                    write_patch_nifti(self.folder / relative_path, arrays[name][offset], world)
+                    relative.append(relative_path)
+                self._csv.writerow([subject.id, number, *location.tolist(), *relative])
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            from ..units import format_bytes
+
+            what = "over the disk quota" if error.errno == errno.EDQUOT else "no space left"
+            raise DiskFull(
+                f"{self.folder}: {what} on the device ({format_bytes(free_bytes(self.folder))} "
+                "free)"
+            ) from None
 
     def flush(self) -> int:
         """Flush ``patches.csv``; returns its size, the offset a resumed run cuts it back to."""
@@ -167,7 +180,12 @@ class NiftiPatchWriter(PatchWriter):
 
     def abort(self) -> None:
         if not self._stream.closed:
-            self._stream.close()
+            try:
+                self._stream.close()
+            except OSError:
+                # A full disk: the unflushed rows are lost, and not needed: a resumed
+                # run cuts the table back to its last checkpoint.
+                pass
 
 
 def write_metadata(folder: Path, metadata: Mapping[str, Any]) -> None:

@@ -1,0 +1,170 @@
+"""Runs that fill a real disk: a small tmpfs mounted for the test.
+
+A full disk must stop a run with a one-line error naming the output, keep the
+complete subjects in the ``.partial``, and leave a file that ``--resume``
+finishes, once there is room, into the output of an uninterrupted run. HDF5
+must never see the full disk itself: after a failed write it cannot close its
+file and crashes when the process exits (io/space.py).
+
+Mounting needs root. These tests are skipped without it, except when
+``PATCHCLI_REQUIRE_TMPFS=1`` (set by CI): then they fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from patchcli.io import space
+from patchcli.phantom import write_phantom_dataset
+
+from .helpers import assert_same_output, write_config
+
+SUBJECTS = 6
+
+
+def _require_tmpfs() -> bool:
+    return os.environ.get("PATCHCLI_REQUIRE_TMPFS", "") == "1"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(size)``: a fresh tmpfs of ``size`` (e.g. "6m"); ``resize(size)`` remounts it."""
+    if os.geteuid() != 0:
+        if _require_tmpfs():
+            pytest.fail("PATCHCLI_REQUIRE_TMPFS=1 but mounting a tmpfs needs root")
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    class Disk:
+        def mount(self, size: str) -> Path:
+            point = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+            point.mkdir()
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                message = f"cannot mount a tmpfs: {result.stderr.strip()}"
+                if _require_tmpfs():
+                    pytest.fail(message)
+                pytest.skip(message)
+            mounted.append(point)
+            return point
+
+        def resize(self, point: Path, size: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(point)], check=True)
+
+    yield Disk()
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("disk-full-data")
+    return write_phantom_dataset(folder / "data", SUBJECTS, (40, 40, 36), seed=0)
+
+
+def _config(path: Path, manifest: Path, output: Path, fmt: str, compression) -> Path:
+    return write_config(
+        path,
+        subjects=str(manifest),
+        images={"t1": "intensity", "seg": "label"},
+        patch_size=16,
+        # HDF5: 600 patches of 12 KiB, 7 MiB a subject; NIfTI: 200 pairs of small files.
+        num_patches=600 if fmt == "hdf5" else 200,
+        seed=3,
+        output={"path": str(output), "format": fmt, "compression": compression},
+    )
+
+
+def _run(config: Path, *extra) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "patchcli", "uniform", str(config), "--quiet", *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fmt", "compression", "size"),
+    [("hdf5", "none", "16m"), ("hdf5", "lz4", "9m"), ("nifti", "gzip", "3m")],
+)
+def test_full_disk_stops_cleanly_and_resumes(tmp_path, small_disk, data, fmt, compression, size):
+    suffix = ".h5" if fmt == "hdf5" else ""
+    reference_config = _config(
+        tmp_path / "reference.yaml", data, tmp_path / f"reference{suffix}", fmt, compression
+    )
+    assert _run(reference_config).returncode == 0
+
+    disk = small_disk.mount(size)
+    output = disk / f"out{suffix}"
+    config = _config(tmp_path / "small.yaml", data, output, fmt, compression)
+    result = _run(config)
+
+    # A clean stop: exit 1 (not a crash by signal), one error line naming the output, then
+    # the note on what was kept.
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: ") and str(disk) in lines[0], result.stderr
+    assert "no space left" in lines[0]
+    assert any("--resume" in line for line in lines[1:]), result.stderr
+    assert "HDF5-DIAG" not in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()
+    partial = output.with_name(output.name + ".partial")
+    assert partial.exists()
+    assert not output.with_name(output.name + ".lock").exists()
+
+    # Without room, resuming stops the same way; with room, it finishes the run exactly.
+    again = _run(config, "--resume")
+    assert again.returncode == 1 and "no space left" in again.stderr
+    small_disk.resize(disk, "200m")
+    resumed = _run(config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not partial.exists()
+    assert_same_output(output, reference_config.parent / f"reference{suffix}")
+
+
+def test_reservation_refused_on_a_full_disk(small_disk):
+    disk = small_disk.mount("1m")
+    path = disk / "file"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        assert space.reserve(descriptor, 0, 256 * 1024)
+        # Reserved blocks count as used, and are given back on release.
+        with pytest.raises(
+            space.DiskFull, match=r"file: no space left .*\(768 KiB free; .*needs up to 8.00 MiB"
+        ):
+            space.ensure_space(descriptor, path, 0, 2 * 2**20, 8 * 2**20)
+        before = space.free_bytes(disk)
+        space.release(descriptor)
+        assert space.free_bytes(disk) > before
+        assert os.fstat(descriptor).st_size == 0
+    finally:
+        os.close(descriptor)
+
+
+def test_free_space_checked_where_reservation_is_unsupported(tmp_path, monkeypatch):
+    # No root needed: without fallocate, statvfs decides.
+    monkeypatch.setattr(space, "_fallocate", lambda: None)
+    path = tmp_path / "file"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        space.ensure_space(descriptor, path, 0, 1024, 1024)
+        monkeypatch.setattr(space, "free_bytes", lambda folder: 100)
+        with pytest.raises(space.DiskFull, match="no space left"):
+            space.ensure_space(descriptor, path, 0, 1024, 4096)
+    finally:
+        os.close(descriptor)
+
+
+def test_other_write_errors_are_not_called_a_full_disk():
+    assert space.is_disk_full(OSError(errno.ENOSPC, "full"))
+    assert space.is_disk_full(OSError(errno.EDQUOT, "quota"))
+    assert not space.is_disk_full(OSError(errno.EIO, "I/O error"))
