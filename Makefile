@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/bench_extract.py --subjects 4 --out-json bench/results/extract.json
 	$(BIN)/python bench/bench_reader.py --patches 2000 --workers 0 2 --batch-size 32 --out-json bench/results/reader.json
 	$(BIN)/python bench/bench_queue.py --subjects 8 --out-json bench/results/queue.json
+	$(BIN)/python bench/bench_merge.py --shards 1000 --out-json bench/results/merge.json
 
 lint: install
 	$(BIN)/ruff check patchcli tests bench
