@@ -1,178 +1,320 @@
-"""Extraction speed: patchcli against TorchIO + h5py and the plain h5py write limit.
+"""Extraction cost per subject: patchcli against TorchIO + h5py and the machine's limit.
 
-The issue's reference case: subjects of 197x233x189 with three uint8 images,
-150 uniform patches of 64^3 per subject, written to HDF5 without compression
-(and with each compression, for patchcli). Volumes are loaded once per subject
-by all contenders (the same .nii.gz files), so the differences are sampling,
-cropping and writing.
+The reference case: subjects of 197x233x189 with three uint8 .nii.gz images
+(t1, seg, mask), 150 patches of 64^3 (grid: overlap 16), outputs on tmpfs so
+that disk write-back does not drown the CPU cost. Every contender runs as a
+whole process, side by side in the same run; a contender's cost per subject
+is the marginal one, ``(T(8 subjects) - T(2 subjects)) / 6``, each time the
+median of ``--repeats`` runs. Contenders:
 
-    python bench/bench_extract.py --subjects 4 --out-json bench/results/extract.json
+- ``patchcli``: its default settings (workers on every available core, lz4);
+- ``patchcli none``: the same without compression, the bytes TorchIO writes;
+- ``torchio``: bench/torchio_extract.py, TorchIO's sampler and h5py.
+
+The machine's limit for one subject is measured in this process: loading its
+three volumes with nibabel, plus writing its patches' bytes once with h5py in
+one block (uncompressed, and with lz4), divided by the available cores.
+
+Then peak memory (proportional set size of the whole process tree, sampled
+every 20 ms) of ``patchcli uniform`` for 2 and 20 subjects, and for 150 and
+1500 patches per subject, written to a PNG with ``--plot``.
+
+    python bench/bench_extract.py --out-json bench/results/extract.json \\
+        --plot bench/results/extract-memory.png
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, write_uint8_subjects  # noqa: E402
+from common import write_uint8_subjects  # noqa: E402
 
-from patchcli.config import load_config  # noqa: E402
-from patchcli.extract import extract  # noqa: E402
+from patchcli.workers import available_cores  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
 PATCH = 64
 PATCHES = 150
-IMAGES = ("t1", "seg", "mask")
+SAMPLERS = ("uniform", "weighted", "label", "grid")
 
 
-def run_patchcli(manifest: Path, output: Path, compression: str, workers: int = 0) -> float:
-    config = load_config(
-        None,
-        {
-            "subjects": str(manifest),
-            "images": {"t1": "intensity", "seg": "label", "mask": "label"},
-            "patch_size": PATCH,
-            "num_patches": PATCHES,
-            "output.path": str(output),
-            "output.compression": compression,
-            "workers": workers,
-        },
-    )
+def sampler_keys(sampler: str) -> dict:
+    """The config keys that make patchcli sample as bench/torchio_extract.py does."""
+    images = {"t1": "intensity", "seg": "label", "mask": "label"}
+    if sampler == "weighted":
+        return {"images": {**images, "mask": "sampling_map"}, "probability_map": "mask"}
+    if sampler == "label":
+        return {
+            "images": images,
+            "label_name": "seg",
+            "label_probabilities": {1: 1, 2: 1, 3: 1},
+        }
+    if sampler == "grid":
+        return {"images": images, "patch_overlap": 16, "padding_mode": None}
+    return {"images": images}
+
+
+def write_manifest(source: Path, rows: int, path: Path) -> Path:
+    with open(source) as stream:
+        table = list(csv.DictReader(stream))[:rows]
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    return path
+
+
+def patchcli_command(work: Path, sampler: str, manifest: Path, compression, patches=PATCHES):
+    output = work / f"out-{sampler}-{manifest.stem}-{compression}.h5"
+    config = {
+        "subjects": str(manifest),
+        "patch_size": PATCH,
+        "num_patches": patches,
+        "seed": 0,
+        "output": {"path": str(output)},
+        **sampler_keys(sampler),
+    }
+    if compression is not None:
+        config["output"]["compression"] = compression
+    path = work / f"{output.stem}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "patchcli", sampler, str(path), "--quiet", "--overwrite"]
+    return command, output
+
+
+def torchio_command(work: Path, sampler: str, manifest: Path):
+    output = work / f"tio-{sampler}-{manifest.stem}.h5"
+    script = str(HERE / "torchio_extract.py")
+    return [sys.executable, script, sampler, str(manifest), str(output), str(PATCHES), "64"], output
+
+
+def timed(command: list[str], output: Path) -> float:
+    if output.exists():
+        output.unlink()  # freeing a big tmpfs file is not the next run's cost
     start = time.perf_counter()
-    extract(config, "uniform", overwrite=True)
-    return time.perf_counter() - start
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    output.unlink()
+    return seconds
 
 
-def run_torchio(manifest: Path, output: Path) -> tuple[float, float]:
-    """TorchIO's UniformSampler + an h5py writer, as a user would write it."""
-    start = time.perf_counter()
-    import torch
-    import torchio as tio
-
-    import_seconds = time.perf_counter() - start
-    torch.manual_seed(0)
-    import csv
+def machine_limit(manifest: Path, patches_per_subject: dict[str, int]) -> dict[str, float]:
+    """Load + write once, per subject, over the available cores (see the module docstring)."""
+    import hdf5plugin
+    import nibabel as nib
 
     with open(manifest) as stream:
-        rows = list(csv.DictReader(stream))
-    start = time.perf_counter()
-    sampler = tio.UniformSampler(PATCH)
-    total = PATCHES * len(rows)
-    with h5py.File(output, "w") as file:
-        datasets = {
-            name: file.create_dataset(
-                f"patches/{name}",
-                (total, 1, PATCH, PATCH, PATCH),
-                np.uint8,
-                chunks=(1, 1, PATCH, PATCH, PATCH),
-            )
-            for name in IMAGES
-        }
-        locations = file.create_dataset("locations", (total, 6), np.int64)
-        row = 0
-        for subject_row in rows:
-            subject = tio.Subject(
-                t1=tio.ScalarImage(manifest.parent / subject_row["t1"]),
-                seg=tio.LabelMap(manifest.parent / subject_row["seg"]),
-                mask=tio.LabelMap(manifest.parent / subject_row["mask"]),
-            )
-            subject.load()
-            for patch in sampler(subject, PATCHES):
-                for name in IMAGES:
-                    datasets[name][row] = patch[name].data.numpy().astype(np.uint8)
-                locations[row] = patch[tio.LOCATION].numpy()
-                row += 1
-    return time.perf_counter() - start, import_seconds
+        row = next(csv.DictReader(stream))
+    loads = []
+    for _ in range(3):
+        start = time.perf_counter()
+        volumes = [
+            np.asanyarray(nib.load(manifest.parent / row[name]).dataobj)
+            for name in ("t1", "seg", "mask")
+        ]
+        loads.append(time.perf_counter() - start)
+    load = statistics.median(loads)
+    rng = np.random.default_rng(0)
+    cores = available_cores()
+    limits = {"load s/subject": load, "cores": cores}
+    for compression, options in (
+        ("none", {}),
+        ("lz4", dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))),
+    ):
+        for sampler, count in patches_per_subject.items():
+            blocks = []
+            for volume in volumes:
+                corners = rng.integers(0, np.array(volume.shape) - PATCH + 1, (count, 3))
+                size = PATCH
+                patches = [volume[i : i + size, j : j + size, k : k + size] for i, j, k in corners]
+                blocks.append(np.ascontiguousarray(np.stack(patches)[:, None]))
+            writes = []
+            for _ in range(3):
+                with tempfile.NamedTemporaryFile(dir="/dev/shm", suffix=".h5") as temporary:
+                    start = time.perf_counter()
+                    with h5py.File(temporary.name, "w") as file:
+                        for index, block in enumerate(blocks):
+                            chunks = (1, *block.shape[1:]) if options else None
+                            dataset = file.create_dataset(
+                                str(index), block.shape, block.dtype, chunks=chunks, **options
+                            )
+                            dataset[...] = block
+                    writes.append(time.perf_counter() - start)
+            write = statistics.median(writes)
+            limits[f"write {compression} {sampler} s/subject"] = write
+            limits[f"limit {compression} {sampler} s/subject"] = (load + write) / cores
+    return limits
 
 
-def run_write_limit(output: Path, subjects: int) -> float:
-    """A plain h5py block write of the same bytes (no reading, no cropping)."""
-    block = np.random.default_rng(0).integers(0, 255, (PATCHES, 1, PATCH, PATCH, PATCH), np.uint8)
-    start = time.perf_counter()
-    with h5py.File(output, "w") as file:
-        datasets = {
-            name: file.create_dataset(
-                f"patches/{name}",
-                (PATCHES * subjects, 1, PATCH, PATCH, PATCH),
-                np.uint8,
-                chunks=(1, 1, PATCH, PATCH, PATCH),
-            )
-            for name in IMAGES
-        }
-        for index in range(subjects):
-            for dataset in datasets.values():
-                dataset[index * PATCHES : (index + 1) * PATCHES] = block
-    return time.perf_counter() - start
+class PeakMemory:
+    """Peak proportional set size (MiB) of a process and its descendants, sampled."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._done = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        pids, index = [self.pid], 0
+        while index < len(pids):
+            try:
+                for task in os.listdir(f"/proc/{pids[index]}/task"):
+                    with open(f"/proc/{pids[index]}/task/{task}/children") as stream:
+                        pids.extend(int(p) for p in stream.read().split())
+            except OSError:
+                pass
+            index += 1
+        return pids
+
+    def _pss(self, pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as stream:
+                for line in stream:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, sum(self._pss(pid) for pid in self._tree()))
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak
 
 
-def run_load_only(manifest: Path) -> float:
-    """Reading the volumes alone: the floor of any extraction from .nii.gz files."""
-    from patchcli.subjects import load_subject, read_manifest
-
-    start = time.perf_counter()
-    for spec in read_manifest(manifest, list(IMAGES)):
-        load_subject(spec)
-    return time.perf_counter() - start
+def peak_memory(command: list[str], output: Path) -> float:
+    if output.exists():
+        output.unlink()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    watcher = PeakMemory(process.pid)
+    if process.wait() != 0:
+        raise SystemExit(f"failed: {' '.join(command)}")
+    output.unlink()
+    return watcher.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=4)
+    parser.add_argument("--subjects", type=int, nargs=2, default=(2, 8))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     parser.add_argument("--no-torchio", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-scale", type=int, default=10)
     parser.add_argument("--out-json", type=Path)
+    parser.add_argument("--plot", type=Path, help="PNG of peak memory against the run's size")
     parser.add_argument(
         "--workdir",
         type=Path,
         default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
-        help="Where inputs and outputs go. Default: tmpfs, so that disk write-back "
-        "(which dominates uncompressed output on a slow disk) does not drown the "
-        "CPU cost being compared.",
+        help="inputs and outputs (default: tmpfs)",
     )
     args = parser.parse_args()
+    few, many = args.subjects
+    scale = args.memory_scale
     work = Path(tempfile.mkdtemp(prefix="patchcli-bench-", dir=args.workdir))
     try:
-        manifest = write_uint8_subjects(work / "data", args.subjects)
-        n = args.subjects
-        results: dict[str, float] = {}
-        results["load volumes only"] = best_of(lambda: run_load_only(manifest), args.repeats) / n
-        results["h5py block write (limit)"] = (
-            best_of(lambda: run_write_limit(work / "limit.h5", n), args.repeats) / n
-        )
-        for compression in ("none", "lz4", "zstd", "gzip"):
-            out = work / f"patchcli-{compression}.h5"
-            seconds = min(run_patchcli(manifest, out, compression) for _ in range(args.repeats))
-            results[f"patchcli ({compression})"] = seconds / n
-            results[f"patchcli ({compression}) MiB/subject"] = out.stat().st_size / n / 2**20
-        seconds = min(
-            run_patchcli(manifest, work / "w.h5", "none", workers=2) for _ in range(args.repeats)
-        )
-        results["patchcli (none, --workers 2)"] = seconds / n
+        most = max(many, 2 * scale if not args.no_memory else many)
+        source = write_uint8_subjects(work / "data", most)
+        manifests = {n: write_manifest(source, n, work / "data" / f"s{n}.csv") for n in (few, many)}
+        contenders = {"patchcli": "default", "patchcli none": "none"}
         if not args.no_torchio:
-            times = [run_torchio(manifest, work / "tio.h5") for _ in range(args.repeats)]
-            results["torchio + h5py"] = min(t for t, _ in times) / n
-            results["torchio import (once)"] = times[0][1]
-        width = max(map(len, results))
+            contenders["torchio"] = None
+        times: dict[tuple, list[float]] = {}
+        counts: dict[str, int] = {}
+        for _ in range(args.repeats):
+            for sampler in args.samplers:
+                for name, compression in contenders.items():
+                    for n, manifest in manifests.items():
+                        if name == "torchio":
+                            command, output = torchio_command(work, sampler, manifest)
+                        else:
+                            level = None if compression == "default" else compression
+                            command, output = patchcli_command(work, sampler, manifest, level)
+                        if sampler not in counts and name == "patchcli none":
+                            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                            with h5py.File(output) as file:
+                                counts[sampler] = len(file["locations"]) // n
+                        times.setdefault((sampler, name, n), []).append(timed(command, output))
+        limits = machine_limit(manifests[few], counts)
+        results: dict = {"limits": limits, "per_subject": {}, "patches_per_subject": counts}
         print(
-            f"{args.subjects} subjects of 197x233x189, 3 uint8 images, "
-            f"{PATCHES} patches of {PATCH}^3"
+            f"{few} and {many} subjects of 197x233x189, 3 uint8 .nii.gz, {PATCHES} patches of "
+            f"{PATCH}^3 (grid: {counts.get('grid', '-')}), median of {args.repeats}, "
+            f"{limits['cores']} cores"
         )
-        for name, value in results.items():
-            unit = "" if "MiB" in name else " s/subject" if "import" not in name else " s"
-            print(f"  {name:<{width}}  {value:8.3f}{unit}")
+        print(f"  load 3 volumes: {limits['load s/subject']:.3f} s/subject")
+        print(f"  {'sampler':<9} {'contender':<14} {'s/subject':>9}  {'vs torchio':>10}  vs limit")
+        for sampler in args.samplers:
+            row = {}
+            for name in contenders:
+                low = statistics.median(times[(sampler, name, few)])
+                high = statistics.median(times[(sampler, name, many)])
+                row[name] = (high - low) / (many - few)
+            results["per_subject"][sampler] = row
+            for name, cost in row.items():
+                against = row.get("torchio")
+                faster = f"{against / cost:9.2f}x" if against and name != "torchio" else ""
+                compression = "none" if name in ("patchcli none", "torchio") else "lz4"
+                limit = limits[f"limit {compression} {sampler} s/subject"]
+                print(f"  {sampler:<9} {name:<14} {cost:9.3f}  {faster:>10}  {cost / limit:7.2f}x")
+        if not args.no_memory:
+            memory = {}
+            for label, n, patches in (
+                ("2 subjects", 2, PATCHES),
+                (f"{2 * scale} subjects", 2 * scale, PATCHES),
+                (f"{scale * PATCHES} patches", 2, scale * PATCHES),
+            ):
+                manifest = write_manifest(source, n, work / "data" / f"m{n}.csv")
+                command, output = patchcli_command(work, "uniform", manifest, None, patches)
+                memory[label] = peak_memory(command, output)
+            results["peak_memory_mib"] = memory
+            print("  peak memory (PSS of all processes), patchcli uniform, default settings:")
+            for label, mib in memory.items():
+                print(f"    {label:<14} {mib:7.0f} MiB")
+            if args.plot:
+                plot_memory(memory, args.plot)
         if args.out_json:
             args.out_json.parent.mkdir(parents=True, exist_ok=True)
             args.out_json.write_text(json.dumps(results, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def plot_memory(memory: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3))
+    labels = list(memory)
+    axis.bar(labels, [memory[label] for label in labels], color="#4c72b0")
+    axis.set_ylabel("peak memory (MiB)")
+    axis.set_title("patchcli uniform: peak memory against run size")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -123,8 +123,9 @@ class Config(_Strict):
     reader: Literal["auto", "nibabel", "sitk"] = "auto"
     affine_tolerance: float = Field(default=1e-4, ge=0)
     block_size: str = "64MiB"
-    #: Processes loading subjects; ``auto``: one per core this process may use.
-    workers: int | Literal["auto"] = 0
+    #: Worker processes (0: all in this process); ``auto``: one per core this process may
+    #: use (its CPU affinity, or ``SLURM_CPUS_PER_TASK``).
+    workers: int | Literal["auto"] = "auto"
     #: ``I/N`` (the I-th of N blocks of the manifest, 0-based) or ``auto`` (patchcli.shards).
     shard: str | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)

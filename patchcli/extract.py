@@ -35,6 +35,7 @@ from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
 from .io.partial import PartialOutput, PartialUnusable
 from .io.writer import SubjectRecord
+from .pipeline import Pipeline, SubjectTask
 from .progress import progress_bar
 from .sampling import (
     count_grid_patches,
@@ -51,7 +52,7 @@ from .shards import Shard, parse_shard, shard_output_path
 from .signals import DeferredSignals
 from .subjects import SubjectSpec, load_subject, read_manifest, read_subject_headers
 from .units import parse_size
-from .workers import ordered_map, resolve_workers, start_pool, stop_pool
+from .workers import resolve_workers
 
 SAMPLERS = ("uniform", "weighted", "label", "grid")
 
@@ -281,17 +282,18 @@ def _check_sources_outside(specs: list[SubjectSpec], output: Path) -> None:
                 )
 
 
-def cast_volume(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+def cast_volume(
+    array: np.ndarray, dtype: np.dtype, path: Path, out: np.ndarray | None = None
+) -> np.ndarray:
     """``array`` as a C-ordered array of ``dtype``, refusing values that would not fit.
 
     numpy's casts wrap integers around and truncate floats silently; here
     floats are rounded to the nearest integer and out-of-range values are an
-    error naming the file.
+    error naming the file. ``out``, a C-ordered array of the result's shape
+    and dtype, is filled and returned instead of a new array.
     """
     dtype = np.dtype(dtype)
-    if array.dtype == dtype:
-        return np.ascontiguousarray(array)
-    if dtype.kind in "iu" and array.size:
+    if array.dtype != dtype and dtype.kind in "iu" and array.size:
         if array.dtype.kind == "f":
             if not np.isfinite(array).all():
                 raise DataError(f"{path}: NaN or infinite values cannot be cast to {dtype}")
@@ -303,11 +305,22 @@ def cast_volume(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
                 f"{path}: values from {low} to {high} do not fit output dtype {dtype} "
                 f"({limits.min} to {limits.max})"
             )
-    elif dtype.kind == "f" and array.dtype.kind == "f" and array.size:
+    elif array.dtype != dtype and dtype.kind == "f" and array.dtype.kind == "f" and array.size:
         largest = np.abs(array[np.isfinite(array)]).max(initial=0)
         if largest > np.finfo(dtype).max:
             raise DataError(f"{path}: values up to {largest} overflow output dtype {dtype}")
-    return np.ascontiguousarray(array, dtype=dtype)
+    if array.flags.c_contiguous and array.dtype == dtype:
+        return array
+    if out is None:
+        out = np.empty(array.shape, dtype)
+    if array.ndim != 4:
+        np.copyto(out, array, casting="unsafe")
+        return out
+    # Slab by slab along Y: each slab is a small 2D transpose that stays in cache,
+    # faster than one whole-volume copy from a Fortran-ordered volume.
+    for j in range(array.shape[2]):
+        np.copyto(out[:, :, j], array[:, :, j], casting="unsafe")
+    return out
 
 
 def subject_locations(
@@ -335,10 +348,14 @@ def subject_locations(
     return grid_locations(shape, settings.patch_size, settings.patch_overlap)
 
 
-def prepare_subject(settings: SamplingSettings, spec: SubjectSpec, count: int) -> PreparedSubject:
+def prepare_subject(
+    settings: SamplingSettings, spec: SubjectSpec, count: int, buffers=None
+) -> PreparedSubject:
     """Load a subject, pad it for a padded grid, and draw its locations.
 
-    A top-level function so that worker processes can run it.
+    A top-level function so that worker processes can run it. ``buffers``, a
+    :class:`patchcli.pipeline.Buffers`, lends the arrays the volumes are
+    copied into, reused from one subject to the next.
     """
     subject = load_subject(spec, settings.reader, settings.tolerance)
     volumes = subject.volumes
@@ -351,10 +368,12 @@ def prepare_subject(settings: SamplingSettings, spec: SubjectSpec, count: int) -
     # and cropping them into C-ordered patches is a strided transpose per patch;
     # from a C-ordered volume every crop is a run of contiguous rows (8x faster
     # for 150 patches of 64^3), and needs no cast.
-    volumes = {
-        name: cast_volume(array, settings.output_dtypes.get(name, array.dtype), spec.paths[name])
-        for name, array in volumes.items()
-    }
+    cast = {}
+    for name, array in volumes.items():
+        dtype = np.dtype(settings.output_dtypes.get(name, array.dtype))
+        out = None if buffers is None else buffers.get(f"volume {name}", array.shape, dtype)
+        cast[name] = cast_volume(array, dtype, spec.paths[name], out)
+    volumes = cast
     rng = subject_rng(settings.seed, spec.index)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PatchcliWarning)
@@ -475,23 +494,18 @@ def extract(
                 time.perf_counter() - started,
                 already_complete=True,
             )
-        workers = resolve_workers(config.workers)
-        pool = start_pool(workers)
-        stopped = True
-        try:
+        # Workers are forked before the output is opened: no HDF5 state crosses the fork.
+        with Pipeline(resolve_workers(config.workers)) as pipeline:
             with DeferredSignals() as signals:
                 writer = _open_writer(plan, output)
                 resumed = len(writer.subjects)
                 try:
-                    _write_subjects(plan, writer, output, pool, workers, signals, progress)
+                    _write_subjects(plan, writer, output, pipeline, signals, progress)
                     writer.close()
                 except BaseException:
                     writer.abort()
                     raise
             output.commit()
-            stopped = False
-        finally:
-            stop_pool(pool, kill=stopped)
     return ExtractionSummary(
         path,
         len(plan.subjects),
@@ -587,69 +601,61 @@ def _write_subjects(
     plan: ExtractionPlan,
     writer,
     output: PartialOutput,
-    pool,
-    workers: int,
+    pipeline: Pipeline,
     signals: DeferredSignals,
     progress: bool | None,
 ) -> None:
     """Crop and write every subject not yet complete, checkpointing after each."""
-    config = plan.config
     first = len(writer.subjects)
-    block_patches = max(1, parse_size(config.block_size) // max(1, plan.patch_bytes))
-    block_patches = min(block_patches, max(plan.counts, default=1))
-    buffers = {
-        name: np.empty((block_patches, p.channels, *plan.settings.patch_size), dtype=p.dtype)
-        for name, p in plan.images.items()
-    }
-    row = int(sum(plan.counts[:first]))
-    work = (
-        (plan.settings, spec, count)
-        for spec, count in zip(plan.subjects[first:], plan.counts[first:])
+    block_patches = max(1, parse_size(plan.config.block_size) // max(1, plan.patch_bytes))
+    starts = np.concatenate([[0], np.cumsum(plan.counts)]).astype(int).tolist()
+    tasks = (
+        SubjectTask(spec, count, start)
+        for spec, count, start in zip(plan.subjects[first:], plan.counts[first:], starts[first:])
     )
+    target = writer.target()
     with progress_bar(plan.total_patches, progress) as bar:
-        bar.update(row)
-        subjects = ordered_map(prepare_subject, work, pool, workers)
-        for number, subject in enumerate(subjects, start=first):
-            for message in subject.warnings:
-                warnings.warn(message, PatchcliWarning, stacklevel=3)
+        bar.update(starts[first])
+        subjects = pipeline.run(plan.settings, tasks, target, block_patches)
+        for number, messages in enumerate(subjects, start=first):
             bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
-            row = _write_subject(writer, subject, number, row, buffers, signals.check)
+            _write_subject(
+                writer, plan.subjects[number], starts[number], number, messages, bar, signals.check
+            )
             output.checkpoint(_record_json(writer.current, writer.flush()))
-            bar.update(len(subject.locations))
             signals.check()
 
 
 def _write_subject(
-    writer, subject: PreparedSubject, number: int, row: int, buffers, check_interrupt
-) -> int:
-    locations = subject.locations
-    sources = {name: str(path) for name, path in subject.spec.paths.items()}
+    writer, spec: SubjectSpec, row: int, number: int, messages, bar, check_interrupt
+) -> None:
+    """Record one subject's patches as its worker hands them over."""
+    start = next(messages)
+    for message in start.warnings:
+        warnings.warn(message, PatchcliWarning, stacklevel=4)
+    locations = start.locations
+    sources = {name: str(path) for name, path in spec.paths.items()}
     writer.begin_subject(
-        subject.spec.id,
-        subject.affine,
-        subject.spatial_shape,
+        spec.id,
+        start.affine,
+        start.spatial_shape,
         sources,
         row,
         len(locations),
-        manifest_row=subject.spec.index,
+        manifest_row=spec.index,
     )
-    block = len(next(iter(buffers.values())))
-    for first in range(0, len(locations), block):
-        chunk = locations[first : first + block]
-        count = len(chunk)
-        corners = chunk.tolist()
-        for name, buffer in buffers.items():
-            volume = subject.volumes[name]
-            # One copy per patch, straight from the volume into the block buffer.
-            for slot, (i0, j0, k0, i1, j1, k1) in enumerate(corners):
-                buffer[slot] = volume[:, i0:i1, j0:j1, k0:k1]
-        writer.write_block(
-            row, {name: buffer[:count] for name, buffer in buffers.items()}, chunk, number
-        )
-        row += count
-        if first + block < len(locations):  # a complete subject is checkpointed first
+    for index, block in enumerate(messages):
+        if index:  # between two blocks; a complete subject is checkpointed first
             check_interrupt()
-    return row
+        chunk = locations[block.first : block.first + block.count]
+        at = row + block.first
+        if block.payload is None:
+            writer.write_rows(at, chunk, number)
+        elif isinstance(writer, Hdf5PatchWriter):
+            writer.write_chunks(at, block.payload, chunk, number)
+        else:
+            writer.write_block(at, block.payload, chunk, number)
+        bar.update(block.count)
 
 
 def _size_on_disk(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""Worker processes that load subjects and draw their locations, in manifest order.
+"""Worker processes that die with the process that started them.
 
 Workers are forked before the output is opened (neither h5py state nor
 threads cross the fork). They ignore SIGINT and SIGTERM, so that the main
@@ -27,8 +27,8 @@ T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: ignore stop signals; exit when ``parent`` exits."""
+def _die_with_parent(parent: int, setup=None, setup_args=()) -> None:
+    """Worker initializer: ignore stop signals; exit when ``parent`` exits; then ``setup``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
@@ -40,6 +40,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
     if not sys.platform.startswith("linux"):
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if setup is not None:
+        setup(*setup_args)
 
 
 def _watch_parent(parent: int) -> None:
@@ -70,8 +72,13 @@ def resolve_workers(workers: int | str, environ=None) -> int:
     return cores if cores > 1 else 0
 
 
-def start_pool(workers: int) -> ProcessPoolExecutor | None:
+def start_pool(
+    workers: int, setup: Callable[..., None] | None = None, setup_args: tuple = ()
+) -> ProcessPoolExecutor | None:
     """``workers`` processes, started now (None for 0: work in this process).
+
+    Each runs ``setup(*setup_args)`` first; with fork, ``setup_args`` are
+    inherited, not pickled (pipes may be passed).
 
     Forked where possible: no re-import of the caller's script, fast start.
     Call it before the output file is opened and before any thread starts;
@@ -84,7 +91,7 @@ def start_pool(workers: int) -> ProcessPoolExecutor | None:
         workers,
         mp_context=get_context(method),
         initializer=_die_with_parent,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), setup, setup_args),
     )
     pool.submit(os.getpid).result()
     return pool

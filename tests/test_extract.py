@@ -279,7 +279,9 @@ def test_ctrl_c_during_a_write_stops_after_the_block_and_keeps_complete_subjects
     from patchcli.io.hdf5 import Hdf5PatchWriter
 
     manifest, _ = dataset
-    original = Hdf5PatchWriter.write_block
+    # Every HDF5 block ends by recording its rows (after its chunks, or after workers
+    # wrote its patches in place).
+    original = Hdf5PatchWriter.write_rows
     completed = []
 
     def interrupted_write(self, *args, **kwargs):
@@ -287,7 +289,7 @@ def test_ctrl_c_during_a_write_stops_after_the_block_and_keeps_complete_subjects
         original(self, *args, **kwargs)
         completed.append(True)
 
-    monkeypatch.setattr(Hdf5PatchWriter, "write_block", interrupted_write)
+    monkeypatch.setattr(Hdf5PatchWriter, "write_rows", interrupted_write)
     with pytest.raises(KeyboardInterrupt) as caught:
         extract(_config(tmp_path, manifest, "stopped.h5"), "uniform")
     # The interrupt waited for the block being written (h5py would have swallowed
@@ -312,18 +314,18 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, dataset
     from .helpers import assert_same_hdf5
 
     manifest, _ = dataset
-    original = Hdf5PatchWriter.write_block
+    original = Hdf5PatchWriter.write_rows
 
-    def stop_at_second_subject(self, row, arrays, locations, subject_index):
+    def stop_at_second_subject(self, row, locations, subject_index):
         if subject_index == 1:
             raise KeyboardInterrupt
-        original(self, row, arrays, locations, subject_index)
+        original(self, row, locations, subject_index)
 
-    monkeypatch.setattr(Hdf5PatchWriter, "write_block", stop_at_second_subject)
+    monkeypatch.setattr(Hdf5PatchWriter, "write_rows", stop_at_second_subject)
     config = _config(tmp_path, manifest, "resumed.h5")
     with pytest.raises(KeyboardInterrupt):
         extract(config, "label")
-    monkeypatch.setattr(Hdf5PatchWriter, "write_block", original)
+    monkeypatch.setattr(Hdf5PatchWriter, "write_rows", original)
     with pytest.raises(
         DataError,
         match=r"resumed\.h5\.partial: left by an earlier run .*"

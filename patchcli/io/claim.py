@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .space import write_error
 
 #: A takeover guard older than this is left over from a crash and may be removed.
 _GUARD_SECONDS = 60
@@ -142,10 +143,15 @@ class Claim:
             descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(self.record, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                json.dump(self.record, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+        except OSError as error:
+            # An empty claim would read as damaged: leave none.
+            self.path.unlink(missing_ok=True)
+            raise write_error(self.path, error) from None
         return True
 
     def _read(self) -> dict[str, Any] | None:

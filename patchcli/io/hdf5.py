@@ -105,13 +105,15 @@ class Hdf5PatchWriter(PatchWriter):
         self.patches: dict[str, h5py.Dataset] = {}
         for name, (channels, dtype, image_type) in images.items():
             shape = (num_patches, channels, *patch_size)
-            dataset = patches.create_dataset(
-                name,
-                shape=shape,
-                dtype=dtype,
-                chunks=(1, channels, *patch_size) if num_patches else None,
-                **(filters if num_patches else {}),
-            )
+            if filters and num_patches:
+                layout = {"chunks": (1, channels, *patch_size), **filters}
+            else:
+                # Uncompressed: one contiguous block, allocated now, that workers write
+                # into in place (patchcli.pipeline); nothing is filled in beforehand.
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                layout = {"dcpl": dcpl, "fill_time": "never"}
+            dataset = patches.create_dataset(name, shape=shape, dtype=dtype, **layout)
             dataset.attrs["type"] = image_type
             self.patches[name] = dataset
         self.locations = self.file.create_dataset("locations", (num_patches, 6), dtype=np.int64)
@@ -119,6 +121,65 @@ class Hdf5PatchWriter(PatchWriter):
             "subject_index", (num_patches,), dtype=np.int64
         )
         self.num_subjects = num_subjects
+        self._extend_to_allocated()
+
+    def _extend_to_allocated(self) -> None:
+        """Make the file as long as HDF5 has allocated (a sparse extension).
+
+        Workers write patches into the contiguous datasets directly, and HDF5
+        refuses to open a file shorter than its allocation: a run killed
+        before its last rows were written must still reopen for resume.
+        """
+        self.file.flush()
+        allocated = self.file.id.get_filesize()
+        if os.fstat(self._descriptor).st_size < allocated:
+            os.ftruncate(self._descriptor, allocated)
+
+    def target(self):
+        """How workers hand over patches for this file (patchcli.pipeline)."""
+        from ..pipeline import Chunks, InPlace
+
+        datasets = self.patches
+        offsets = {name: dataset.id.get_offset() for name, dataset in datasets.items()}
+        if all(dataset.chunks is None for dataset in datasets.values()):
+            if any(offset is None for offset in offsets.values()):  # nothing to write
+                return Chunks({name: () for name in datasets})
+            return InPlace(
+                str(self.path),
+                offsets,
+                {name: dataset[0].nbytes for name, dataset in datasets.items()},
+            )
+        return Chunks({name: filter_pipeline(dataset) for name, dataset in datasets.items()})
+
+    def write_rows(self, row: int, locations: np.ndarray, subject_index: int) -> None:
+        """Record ``len(locations)`` rows whose patches workers wrote in place."""
+        selection = np.s_[row : row + len(locations)]
+        self.locations[selection] = locations
+        self.subject_index[selection] = subject_index
+
+    def write_chunks(
+        self,
+        row: int,
+        chunks: Mapping[str, Sequence[tuple[int, bytes]]],
+        locations: np.ndarray,
+        subject_index: int,
+    ) -> None:
+        """Store chunks made by :func:`patchcli.pipeline.compress_chunks`, one per row.
+
+        Raises
+        ------
+        DiskFull
+            Before anything is written, when their space cannot be reserved.
+        """
+        size = sum(len(data) for rows in chunks.values() for _, data in rows)
+        count = len(locations)
+        self._reserve(size + _METADATA_MARGIN + 64 * count * len(chunks), size)
+        for name, rows in chunks.items():
+            dataset = self.patches[name].id
+            zeros = (0,) * (len(self.patches[name].shape) - 1)
+            for offset, (mask, data) in enumerate(rows):
+                dataset.write_direct_chunk((row + offset, *zeros), data, mask)
+        self.write_rows(row, locations, subject_index)
 
     @classmethod
     def reopen(
@@ -258,6 +319,15 @@ class Hdf5PatchWriter(PatchWriter):
 
 
 # -- reading -------------------------------------------------------------------
+
+
+def filter_pipeline(dataset: h5py.Dataset) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    """A chunked dataset's filters, in order: ``(filter id, flags, client values)``."""
+    dcpl = dataset.id.get_create_plist()
+    return tuple(
+        (int(code), int(flags), tuple(int(v) for v in values))
+        for code, flags, values, _ in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
+    )
 
 
 def _unstored_rows(dataset: h5py.Dataset, rows: int) -> int:

@@ -154,6 +154,12 @@ class NiftiPatchWriter(PatchWriter):
                 "free)"
             ) from None
 
+    def target(self):
+        """How workers hand over patches for this folder: as arrays (patchcli.pipeline)."""
+        from ..pipeline import Arrays
+
+        return Arrays()
+
     def flush(self) -> int:
         """Flush ``patches.csv``; returns its size, the offset a resumed run cuts it back to."""
         self._stream.flush()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .space import write_error
 
 JOURNAL_FORMAT = "patchcli-progress"
 JOURNAL_VERSION = 1
@@ -123,11 +124,15 @@ class ProgressJournal:
         lines += [{"subject": record} for record in subjects or []]
         if subjects:
             lines.append({"durable": len(subjects)})
-        with open(temporary, "w", encoding="utf-8") as stream:
-            for line in lines:
-                stream.write(json.dumps(line) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
+        try:
+            with open(temporary, "w", encoding="utf-8") as stream:
+                for line in lines:
+                    stream.write(json.dumps(line) + "\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise write_error(path, error) from None
         os.replace(temporary, path)
         stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
         journal = cls(path, Path(data_path), stream)
@@ -153,8 +158,11 @@ class ProgressJournal:
         self._last_sync = time.monotonic()
 
     def _write(self, line: Mapping[str, Any]) -> None:
-        self._stream.write(json.dumps(line) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(json.dumps(line) + "\n")
+            self._stream.flush()
+        except OSError as error:
+            raise write_error(self.path, error) from None
 
     def close(self) -> None:
         if not self._stream.closed:

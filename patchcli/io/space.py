@@ -112,4 +112,26 @@ def is_disk_full(error: OSError) -> bool:
     return error.errno in _FULL
 
 
-__all__ = ["DiskFull", "ensure_space", "free_bytes", "is_disk_full", "release", "reserve"]
+def write_error(path: Path, error: OSError) -> DataError:
+    """A one-line error naming ``path`` for a failed write: :class:`DiskFull` when it is."""
+    from ..units import format_bytes
+
+    if is_disk_full(error):
+        what = "over the disk quota" if error.errno == errno.EDQUOT else "no space left"
+        try:
+            free = f" ({format_bytes(free_bytes(Path(path).parent))} free)"
+        except OSError:
+            free = ""
+        return DiskFull(f"{path}: {what} on the device{free}")
+    return DataError(f"{path}: cannot write ({error.strerror or error})")
+
+
+__all__ = [
+    "DiskFull",
+    "ensure_space",
+    "free_bytes",
+    "is_disk_full",
+    "release",
+    "reserve",
+    "write_error",
+]

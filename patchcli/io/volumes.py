@@ -130,10 +130,33 @@ def _nibabel_channels_first(shape: tuple[int, ...], path: Path) -> tuple[int, tu
     raise DataError(f"{path}: cannot use an image of shape {shape} (expected 2 to 4 dimensions)")
 
 
-def _read_nibabel(path: Path) -> Volume:
+def _gunzip(path: Path) -> bytes | None:
+    """A gzip file's content, decompressed with ISA-L, or None where it is not installed.
+
+    ISA-L's inflate is about twice as fast as zlib's on .nii.gz volumes
+    (docs/benchmarks.md), and it releases the GIL.
+    """
+    try:
+        from isal import igzip
+    except ImportError:
+        return None
+    with open(path, "rb") as stream:
+        return igzip.decompress(stream.read())
+
+
+def _load_nibabel(path: Path):
     import nibabel as nib
 
-    image = nib.load(path)
+    image = nib.load(path)  # reads the header only
+    if path.name.lower().endswith(".gz") and hasattr(type(image), "from_bytes"):
+        content = _gunzip(path)
+        if content is not None:
+            return type(image).from_bytes(content)
+    return image
+
+
+def _read_nibabel(path: Path) -> Volume:
+    image = _load_nibabel(path)
     # dataobj keeps the stored dtype unless the header asks for scaling.
     data = np.asanyarray(image.dataobj)
     channels, spatial = _nibabel_channels_first(data.shape, path)

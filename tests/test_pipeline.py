@@ -1,0 +1,151 @@
+"""The parallel extraction pipeline: the same bytes for every worker count and output."""
+
+from __future__ import annotations
+
+import h5py
+import hdf5plugin  # noqa: F401  (the Blosc filters)
+import nibabel as nib
+import numpy as np
+import pytest
+
+from patchcli.config import load_config
+from patchcli.errors import DataError
+from patchcli.extract import extract
+from patchcli.io.hdf5 import compression_options, filter_pipeline
+from patchcli.pipeline import Chunks, InPlace, compress_chunks, crop_block
+
+from .helpers import assert_same_output, make_subjects, write_config
+
+SHAPES = [(30, 28, 26), (26, 30, 24), (28, 24, 30), (24, 26, 28)]
+IMAGES = {"t1": "intensity", "seg": "label", "prob": "sampling_map"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_subjects(tmp_path_factory.mktemp("pipeline-data"), SHAPES)[0]
+
+
+def _config(folder, manifest, name, **keys):
+    base = dict(
+        subjects=str(manifest),
+        images=IMAGES,
+        patch_size=[9, 8, 7],
+        num_patches=25,
+        seed=4,
+        block_size="8KiB",  # several blocks per subject, so blocks stream between processes
+    )
+    output = keys.pop("output", {})
+    base.update(keys)
+    base["output"] = {"path": str(folder / name), **output}
+    return load_config(write_config(folder / f"{name}.yaml", **base))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression"),
+    [("hdf5", "none"), ("hdf5", "lz4"), ("hdf5", "zstd"), ("hdf5", "gzip"), ("nifti", "gzip")],
+)
+def test_every_worker_count_writes_the_same_bytes(tmp_path, manifest, fmt, compression):
+    suffix = ".h5" if fmt == "hdf5" else ""
+    outputs = []
+    for workers in (0, 1, 2):
+        config = _config(
+            tmp_path,
+            manifest,
+            f"w{workers}{suffix}",
+            workers=workers,
+            output={"format": fmt, "compression": compression},
+        )
+        outputs.append(extract(config, "label").path)
+    for other in outputs[1:]:
+        assert_same_output(outputs[0], other)  # patches, tables, chunk storage and attributes
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "gzip"])
+def test_worker_chunks_are_the_chunks_hdf5_writes(tmp_path, compression):
+    rng = np.random.default_rng(0)
+    # Smooth values with noise: compressible, but not trivially.
+    block = (np.add.accumulate(rng.integers(0, 3, (5, 2, 12, 10, 8)), axis=2) % 200).astype(
+        np.int16
+    )
+    with h5py.File(tmp_path / "reference.h5", "w") as file:
+        dataset = file.create_dataset(
+            "patches",
+            block.shape,
+            block.dtype,
+            chunks=(1, *block.shape[1:]),
+            **compression_options(compression),
+        )
+        dataset[...] = block
+        expected = [dataset.id.read_direct_chunk((row, 0, 0, 0, 0)) for row in range(5)]
+        filters = filter_pipeline(dataset)
+    assert filters and all(len(step) == 3 for step in filters)
+    made = compress_chunks(block, filters)
+    assert made == expected
+    assert sum(len(data) for _, data in made) < block.nbytes
+
+
+def test_uncompressed_output_is_contiguous_and_written_in_place(tmp_path, manifest):
+    config = _config(tmp_path, manifest, "plain.h5", workers=2, output={"compression": "none"})
+    path = extract(config, "uniform").path
+    with h5py.File(path) as file:
+        for name in IMAGES:
+            dataset = file["patches"][name]
+            assert dataset.chunks is None and dataset.compression is None
+            assert dataset.id.get_offset() is not None
+        t1 = file["patches/t1"][:]
+        locations = file["locations"][:]
+        index = file["subject_index"][:]
+    # The patches are the crops of the sources at the recorded locations.
+    volumes = [
+        np.asanyarray(nib.load(manifest.parent / f"s{i}_t1.nii.gz").dataobj) for i in range(4)
+    ]
+    for row in (0, 24, 25, 99):
+        i0, j0, k0, i1, j1, k1 = locations[row]
+        np.testing.assert_array_equal(t1[row, 0], volumes[index[row]][i0:i1, j0:j1, k0:k1])
+
+
+def test_writer_targets(tmp_path):
+    from patchcli.io.hdf5 import Hdf5PatchWriter
+
+    images = {"t1": (1, np.dtype(np.int16), "intensity"), "seg": (2, np.dtype(np.uint8), "label")}
+    plain = Hdf5PatchWriter(tmp_path / "plain.h5", images, (4, 4, 4), 10, 1, {}, "none")
+    target = plain.target()
+    assert isinstance(target, InPlace)
+    assert target.row_bytes == {"t1": 128, "seg": 128}
+    # The file is as long as its allocation (a run killed early must still reopen).
+    assert (tmp_path / "plain.h5").stat().st_size >= max(target.offsets.values()) + 10 * 128
+    plain.abort()
+    packed = Hdf5PatchWriter(tmp_path / "lz4.h5", images, (4, 4, 4), 10, 1, {}, "lz4")
+    target = packed.target()
+    assert isinstance(target, Chunks) and target.filters["t1"][0][0] == 32001  # Blosc
+    packed.abort()
+
+
+def test_crop_block_copies_each_patch():
+    volume = np.arange(2 * 6 * 5 * 4, dtype=np.int32).reshape(2, 6, 5, 4)
+    buffers = {"a": np.zeros((3, 2, 2, 2, 2), np.int32)}
+    corners = [[0, 0, 0, 2, 2, 2], [4, 3, 2, 6, 5, 4], [1, 1, 1, 3, 3, 3]]
+    crop_block({"a": volume}, corners[:2], buffers)
+    np.testing.assert_array_equal(buffers["a"][1], volume[:, 4:6, 3:5, 2:4])
+    assert not buffers["a"][2].any()  # only the rows given
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_a_worker_error_stops_the_run_naming_the_file(tmp_path, manifest, compression):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    lines = manifest.read_text().splitlines()
+    for line in lines[1:]:
+        for name in line.split(",")[1:]:
+            (bad / name).write_bytes((manifest.parent / name).read_bytes())
+    (bad / "subjects.csv").write_text("\n".join(lines) + "\n")
+    # Subject s2's t1 is cut short: its header reads, its voxels do not.
+    broken = bad / "s2_t1.nii.gz"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    config = _config(
+        tmp_path, bad / "subjects.csv", "out.h5", workers=2, output={"compression": compression}
+    )
+    with pytest.raises(DataError, match=r"s2_t1\.nii\.gz") as caught:
+        extract(config, "uniform")
+    assert caught.value.kept_partial.done == 2
