@@ -313,13 +313,17 @@ def cast_volume(
         return array
     if out is None:
         out = np.empty(array.shape, dtype)
-    if array.ndim != 4:
+    if array.ndim != 4 or array.flags.c_contiguous:
         np.copyto(out, array, casting="unsafe")
         return out
-    # Slab by slab along Y: each slab is a small 2D transpose that stays in cache,
-    # faster than one whole-volume copy from a Fortran-ordered volume.
-    for j in range(array.shape[2]):
-        np.copyto(out[:, :, j], array[:, :, j], casting="unsafe")
+    # Tile by tile (64 x 4 x 64 voxels): from a Fortran-ordered volume, each tile is a
+    # transpose that stays in cache, twice as fast as one whole-volume copy.
+    _, size_x, size_y, size_z = array.shape
+    for j in range(0, size_y, 4):
+        for i in range(0, size_x, 64):
+            for k in range(0, size_z, 64):
+                tile = np.s_[:, i : i + 64, j : j + 4, k : k + 64]
+                np.copyto(out[tile], array[tile], casting="unsafe")
     return out
 
 
@@ -495,12 +499,16 @@ def extract(
                 already_complete=True,
             )
         # Workers are forked before the output is opened: no HDF5 state crosses the fork.
-        with Pipeline(resolve_workers(config.workers)) as pipeline:
+        block_patches = _block_patches(plan)
+        region_bytes = block_patches * plan.patch_bytes + 2**20 + 64 * block_patches
+        with Pipeline(resolve_workers(config.workers), region_bytes) as pipeline:
             with DeferredSignals() as signals:
                 writer = _open_writer(plan, output)
                 resumed = len(writer.subjects)
                 try:
-                    _write_subjects(plan, writer, output, pipeline, signals, progress)
+                    _write_subjects(
+                        plan, writer, output, pipeline, block_patches, signals, progress
+                    )
                     writer.close()
                 except BaseException:
                     writer.abort()
@@ -597,17 +605,23 @@ def _check_resumed(plan: ExtractionPlan, done: list[SubjectRecord], partial: Pat
         start += count
 
 
+def _block_patches(plan: ExtractionPlan) -> int:
+    """Patches per block: as many as ``block_size`` holds, at least one, at most a subject's."""
+    patches = max(1, parse_size(plan.config.block_size) // max(1, plan.patch_bytes))
+    return min(patches, max(plan.counts, default=1))
+
+
 def _write_subjects(
     plan: ExtractionPlan,
     writer,
     output: PartialOutput,
     pipeline: Pipeline,
+    block_patches: int,
     signals: DeferredSignals,
     progress: bool | None,
 ) -> None:
     """Crop and write every subject not yet complete, checkpointing after each."""
     first = len(writer.subjects)
-    block_patches = max(1, parse_size(plan.config.block_size) // max(1, plan.patch_bytes))
     starts = np.concatenate([[0], np.cumsum(plan.counts)]).astype(int).tolist()
     tasks = (
         SubjectTask(spec, count, start)

@@ -233,8 +233,9 @@ def _wait_for(condition, timeout: float = 120.0, what: str = "") -> None:
 
 @pytest.mark.slurm
 def test_a_task_cancelled_with_sigterm_resumes_when_submitted_again(tmp_path, slurm):
-    # One shard of 5 subjects with enough patches that it runs for a few seconds.
-    config = _setup(tmp_path, num_patches=3000, shapes=[(40, 40, 36)] * 5, patch_size=(12,) * 3)
+    # One shard of 12 subjects with enough patches that, once its first subject is
+    # complete, the rest still takes seconds: the signal arrives mid-run.
+    config = _setup(tmp_path, num_patches=4000, shapes=[(40, 40, 36)] * 12, patch_size=(12,) * 3)
     plan = cluster.plan_submission("uniform", config, 1)
     submission = cluster.submit(plan)
     journal = tmp_path / "out" / "patches.shard-0-of-1.h5.partial.progress"

@@ -410,3 +410,19 @@ def test_same_uniform_draw_gives_the_same_centre_as_torchio(torchio, torch):
         np.testing.assert_array_equal(ours[0, :3] + np.array(patch_size) // 2, their_centre)
         compared += 1
     assert compared > 290
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 1000, 100_003])
+@pytest.mark.parametrize("value", [1, 0.25, 200])
+def test_equal_weights_draw_exactly_what_the_cumulative_search_draws(count, value):
+    # Masks take a shortcut (no cumulative sum); it must give the very same draws.
+    indices = np.arange(count, dtype=np.int64) * 3
+    weights = np.full(count, value, dtype=np.asarray(value).dtype)
+    for seed in range(4):
+        fast = draw_from_candidates(indices, weights, 300, np.random.default_rng(seed))
+        scaled = weights.astype(np.float64) / weights.max()
+        cdf = np.cumsum(scaled)
+        rng = np.random.default_rng(seed)
+        draws = (1.0 - rng.random(300)) * cdf[-1]
+        expected = indices[np.searchsorted(cdf, draws, side="left")]
+        np.testing.assert_array_equal(fast, expected)

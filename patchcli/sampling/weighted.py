@@ -43,8 +43,14 @@ def draw_from_candidates(
     """
     if weights is None:
         return flat_indices[rng.integers(0, len(flat_indices), size=num_draws)]
+    largest = weights.max()
+    if weights.min() == largest and len(weights) < 2**53:
+        # Equal weights (a mask): the scaled cumulative sums below are exactly 1, 2, ..., n,
+        # so the search is a ceiling; the same draws, without a pass over the candidates.
+        draws = (1.0 - rng.random(num_draws)) * float(len(weights))
+        return flat_indices[np.ceil(draws).astype(np.int64) - 1]
     # Scaled by the largest weight so that huge finite values cannot overflow the sum.
-    cdf = np.cumsum(weights / weights.max(), dtype=np.float64)
+    cdf = np.cumsum(weights.astype(np.float64, copy=False) / largest, dtype=np.float64)
     draws = (1.0 - rng.random(num_draws)) * cdf[-1]
     positions = np.searchsorted(cdf, draws, side="left")
     return flat_indices[positions]
@@ -116,6 +122,6 @@ def weighted_locations(
             "probability map is empty after clearing its borders: "
             + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
         )
-    weights = inside.ravel()[flat_indices].astype(np.float64)
+    weights = inside.ravel()[flat_indices]
     drawn = draw_from_candidates(flat_indices, weights, num_patches, rng)
     return centres_to_locations(drawn, region, inside.shape, patch_size)
