@@ -38,9 +38,9 @@ test: install
 
 bench: install
 	mkdir -p bench/results
-	$(BIN)/python bench/bench_extract.py --subjects 4 --out-json bench/results/extract.json
+	$(BIN)/python bench/bench_extract.py --out-json bench/results/extract.json --plot bench/results/extract-memory.png
 	$(BIN)/python bench/bench_reader.py --patches 2000 --workers 0 2 --batch-size 32 --out-json bench/results/reader.json
-	$(BIN)/python bench/bench_queue.py --subjects 8 --out-json bench/results/queue.json
+	$(BIN)/python bench/bench_queue.py --workdir /dev/shm --out-json bench/results/queue.json
 	$(BIN)/python bench/bench_merge.py --shards 1000 --out-json bench/results/merge.json
 
 lint: install

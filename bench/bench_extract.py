@@ -4,8 +4,10 @@ The reference case: subjects of 197x233x189 with three uint8 .nii.gz images
 (t1, seg, mask), 150 patches of 64^3 (grid: overlap 16), outputs on tmpfs so
 that disk write-back does not drown the CPU cost. Every contender runs as a
 whole process, side by side in the same run; a contender's cost per subject
-is the marginal one, ``(T(8 subjects) - T(2 subjects)) / 6``, each time the
-median of ``--repeats`` runs. Contenders:
+is the marginal one, ``(T(12 subjects) - T(2 subjects)) / 10``, the median over
+``--repeats`` rounds (each round runs every contender once per size, back to
+back); the speed-up over TorchIO is the median of the rounds' ratios.
+Contenders:
 
 - ``patchcli``: its default settings (workers on every available core, lz4);
 - ``patchcli none``: the same without compression, the bytes TorchIO writes;
@@ -50,6 +52,7 @@ from patchcli.workers import available_cores  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PATCH = 64
 PATCHES = 150
+SHAPE = (197, 233, 189)
 SAMPLERS = ("uniform", "weighted", "label", "grid")
 
 
@@ -65,7 +68,7 @@ def sampler_keys(sampler: str) -> dict:
             "label_probabilities": {1: 1, 2: 1, 3: 1},
         }
     if sampler == "grid":
-        return {"images": images, "patch_overlap": 16, "padding_mode": None}
+        return {"images": images, "patch_overlap": PATCH // 4, "padding_mode": None}
     return {"images": images}
 
 
@@ -100,7 +103,8 @@ def patchcli_command(work: Path, sampler: str, manifest: Path, compression, patc
 def torchio_command(work: Path, sampler: str, manifest: Path):
     output = work / f"tio-{sampler}-{manifest.stem}.h5"
     script = str(HERE / "torchio_extract.py")
-    return [sys.executable, script, sampler, str(manifest), str(output), str(PATCHES), "64"], output
+    arguments = [sampler, str(manifest), str(output), str(PATCHES), str(PATCH)]
+    return [sys.executable, script, *arguments], output
 
 
 def timed(command: list[str], output: Path) -> float:
@@ -214,13 +218,17 @@ def peak_memory(command: list[str], output: Path) -> float:
 
 
 def main() -> None:
+    global PATCH, PATCHES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, nargs=2, default=(2, 8))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--subjects", type=int, nargs=2, default=(2, 12))
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     parser.add_argument("--no-torchio", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-scale", type=int, default=10)
+    parser.add_argument("--shape", type=int, nargs=3, default=SHAPE, help="volume shape")
+    parser.add_argument("--patch-size", type=int, default=PATCH)
+    parser.add_argument("--patches", type=int, default=PATCHES, help="patches per subject")
     parser.add_argument("--out-json", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG of peak memory against the run's size")
     parser.add_argument(
@@ -230,12 +238,13 @@ def main() -> None:
         help="inputs and outputs (default: tmpfs)",
     )
     args = parser.parse_args()
+    PATCH, PATCHES = args.patch_size, args.patches
     few, many = args.subjects
     scale = args.memory_scale
     work = Path(tempfile.mkdtemp(prefix="patchcli-bench-", dir=args.workdir))
     try:
         most = max(many, 2 * scale if not args.no_memory else many)
-        source = write_uint8_subjects(work / "data", most)
+        source = write_uint8_subjects(work / "data", most, tuple(args.shape))
         manifests = {n: write_manifest(source, n, work / "data" / f"s{n}.csv") for n in (few, many)}
         contenders = {"patchcli": "default", "patchcli none": "none"}
         if not args.no_torchio:
@@ -259,24 +268,41 @@ def main() -> None:
         limits = machine_limit(manifests[few], counts)
         results: dict = {"limits": limits, "per_subject": {}, "patches_per_subject": counts}
         print(
-            f"{few} and {many} subjects of 197x233x189, 3 uint8 .nii.gz, {PATCHES} patches of "
+            f"{few} and {many} subjects of {'x'.join(map(str, args.shape))}, 3 uint8 .nii.gz, "
+            f"{PATCHES} patches of "
             f"{PATCH}^3 (grid: {counts.get('grid', '-')}), median of {args.repeats}, "
             f"{limits['cores']} cores"
         )
         print(f"  load 3 volumes: {limits['load s/subject']:.3f} s/subject")
         print(f"  {'sampler':<9} {'contender':<14} {'s/subject':>9}  {'vs torchio':>10}  vs limit")
         for sampler in args.samplers:
-            row = {}
-            for name in contenders:
-                low = statistics.median(times[(sampler, name, few)])
-                high = statistics.median(times[(sampler, name, many)])
-                row[name] = (high - low) / (many - few)
+            # Each repeat's marginal cost, then medians: of the costs, and of the ratios to
+            # TorchIO within each repeat (both ran back to back, under the same load).
+            marginal = {
+                name: [
+                    (high - low) / (many - few)
+                    for low, high in zip(
+                        times[(sampler, name, few)], times[(sampler, name, many)], strict=True
+                    )
+                ]
+                for name in contenders
+            }
+            row = {name: statistics.median(costs) for name, costs in marginal.items()}
+            ratios = {
+                name: statistics.median(
+                    reference / cost
+                    for reference, cost in zip(marginal["torchio"], costs, strict=True)
+                )
+                for name, costs in marginal.items()
+                if "torchio" in marginal and name != "torchio"
+            }
             results["per_subject"][sampler] = row
+            results.setdefault("speedup_vs_torchio", {})[sampler] = ratios
             for name, cost in row.items():
-                against = row.get("torchio")
-                faster = f"{against / cost:9.2f}x" if against and name != "torchio" else ""
+                faster = f"{ratios[name]:9.2f}x" if name in ratios else ""
                 compression = "none" if name in ("patchcli none", "torchio") else "lz4"
                 limit = limits[f"limit {compression} {sampler} s/subject"]
+                results.setdefault("versus_limit", {}).setdefault(sampler, {})[name] = cost / limit
                 print(f"  {sampler:<9} {name:<14} {cost:9.3f}  {faster:>10}  {cost / limit:7.2f}x")
         if not args.no_memory:
             memory = {}

@@ -4,7 +4,8 @@
 
 Run as a whole process by bench_extract.py, side by side with patchcli on the
 same subjects: ``uniform``, ``weighted`` (probability map ``mask``), ``label``
-(``seg``, classes 1, 2 and 3 equally likely) and ``grid`` (overlap 16).
+(``seg``, classes 1, 2 and 3 equally likely) and ``grid`` (overlap a quarter of the
+patch size).
 Patches are written one by one, uncompressed, one chunk per patch.
 """
 
@@ -31,7 +32,7 @@ def sampler_for(name: str, patch: int, subject, count: int):
         sampler = tio.LabelSampler(patch, "seg", label_probabilities={1: 1, 2: 1, 3: 1})
         return sampler(subject, count)
     if name == "grid":
-        return iter(tio.GridSampler(subject, patch, patch_overlap=16))
+        return iter(tio.GridSampler(subject, patch, patch_overlap=patch // 4))
     raise SystemExit(f"unknown sampler {name!r}")
 
 

@@ -54,7 +54,13 @@ from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 from .errors import DataError
 from .io.reader import HandleCache, PatchOutput, read_patch_output
 
-__all__ = ["PatchDataset", "PatchBatchSampler", "PatchSubject", "worker_generator"]
+__all__ = [
+    "PatchBatchSampler",
+    "PatchDataset",
+    "PatchSubject",
+    "collate_patches",
+    "worker_generator",
+]
 
 #: Keys of an item besides the image names.
 LOCATION_KEY = "location"
@@ -631,6 +637,44 @@ class PatchBatchSampler(Sampler[list[int]]):
         stop = len(self) * self.batch_size
         for begin in range(0, min(stop, len(order)), self.batch_size):
             yield order[begin : begin + self.batch_size].tolist()
+
+
+def collate_patches(items: list[Any]) -> Any:
+    """``default_collate``, without copying patches that were read as one batch.
+
+    :meth:`PatchDataset.__getitems__` reads a batch's patches into one tensor
+    per image and gives each item a view of it; ``default_collate`` then
+    copies them all into a new tensor (``torch.stack``). Given as a
+    DataLoader's ``collate_fn``, this function returns the tensor they are
+    views of instead, and collates everything else as ``default_collate``
+    does. Items changed by a transform are collated by copying, as usual.
+
+    Examples
+    --------
+    >>> patches = torch.zeros(3, 4)
+    >>> items = [{"x": patches[i], "n": i} for i in range(3)]
+    >>> batch = collate_patches(items)
+    >>> batch["x"].data_ptr() == patches.data_ptr(), batch["n"].tolist()
+    (True, [0, 1, 2])
+    """
+    first = items[0] if items else None
+    if isinstance(first, dict):
+        return {key: collate_patches([item[key] for item in items]) for key in first}
+    # From loader workers, tensors must cross in shared memory: collate as usual there.
+    if isinstance(first, torch.Tensor) and get_worker_info() is None and first.is_contiguous():
+        storage = first.untyped_storage()
+        size = first.numel() * first.element_size()
+        if first.storage_offset() == 0 and storage.nbytes() == size * len(items):
+            if all(
+                item.untyped_storage().data_ptr() == storage.data_ptr()
+                and item.storage_offset() * item.element_size() == position * size
+                and item.shape == first.shape
+                and item.dtype == first.dtype
+                and item.is_contiguous()
+                for position, item in enumerate(items)
+            ):
+                return first.new_empty((0,)).set_(storage, 0, (len(items), *first.shape))
+    return default_collate(items)
 
 
 def worker_generator() -> np.random.Generator:

@@ -675,3 +675,28 @@ def test_lazy_export(torch):
     from patchcli.dataset import PatchDataset
 
     assert patchcli.PatchDataset is PatchDataset
+
+
+def test_collate_patches_gives_the_default_batch_without_copying(dataset_class, patch_file, torch):
+    from torch.utils.data import DataLoader, default_collate
+
+    from patchcli.dataset import collate_patches
+
+    dataset = dataset_class(patch_file)
+    indices = [5, 1, 7, 2]
+    items = dataset.__getitems__(indices)
+    expected = default_collate(dataset.__getitems__(indices))
+    batch = collate_patches(items)
+    for name in dataset.images:
+        assert torch.equal(batch[name]["data"], expected[name]["data"])
+        assert torch.equal(batch[name]["affine"], expected[name]["affine"])
+        # The patches are the tensor the items are views of, not a copy.
+        assert batch[name]["data"].data_ptr() == items[0][name]["data"].data_ptr()
+    assert torch.equal(batch["location"], expected["location"])
+    assert batch["subject"] == expected["subject"]
+    # Items that are not views of one batch (here, re-ordered) are copied as usual.
+    shuffled = collate_patches([items[1], items[0], items[2], items[3]])
+    assert torch.equal(shuffled["t1"]["data"][0], expected["t1"]["data"][1])
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_patches)
+    first = next(iter(loader))
+    assert torch.equal(first["t1"]["data"], dataset.read_batch([0, 1, 2])["t1"]["data"])

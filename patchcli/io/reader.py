@@ -191,6 +191,16 @@ class PatchOutput:
             length = min(count - done, part.count - local)
             dataset = self._dataset(number, part, name, handles)
             target = out[done : done + length]
+            plain = handles.plain(part.path, f"patches/{name}")
+            if plain is not None and target.dtype == dataset.dtype and target.flags.c_contiguous:
+                # Uncompressed and contiguous: one pread into the output, no HDF5 machinery.
+                descriptor, offset = plain
+                view = memoryview(target).cast("B")
+                read = os.preadv(descriptor, [view], offset + local * (view.nbytes // length))
+                if read != view.nbytes:
+                    raise DataError(f"{part.path}: /patches/{name} is cut short (truncated file)")
+                done += length
+                continue
             file_space = dataset.get_space()
             file_space.select_hyperslab((local, 0, 0, 0, 0), (length, *target.shape[1:]))
             # DatasetID.read is what Dataset.read_direct calls, without re-parsing a
@@ -243,6 +253,7 @@ class _OpenFile:
     def __init__(self, path: Path) -> None:
         self.file = open_hdf5(path)
         self.datasets: dict[str, Any] = {}
+        self.plains: dict[str, tuple[int, int] | None] = {}
 
     def dataset(self, name: str):
         dataset = self.datasets.get(name)
@@ -254,8 +265,28 @@ class _OpenFile:
             self.datasets[name] = dataset
         return dataset
 
+    def plain(self, name: str) -> tuple[int, int] | None:
+        """``(file descriptor, byte offset)`` of a dataset stored contiguously and
+        unfiltered in a plain file, which a reader may read with ``pread``; else None."""
+        if name not in self.plains:
+            from h5py import h5d
+
+            dataset = self.dataset(name)
+            dcpl = dataset.get_create_plist()
+            offset = dataset.get_offset()
+            plain = (
+                self.file.driver == "sec2"
+                and dcpl.get_layout() == h5d.CONTIGUOUS
+                and dcpl.get_nfilters() == 0
+                and offset is not None
+                and dataset.dtype.isnative
+            )
+            self.plains[name] = (self.file.id.get_vfd_handle(), offset) if plain else None
+        return self.plains[name]
+
     def close(self) -> None:
         self.datasets.clear()
+        self.plains.clear()
         if self.file.id.valid:
             self.file.close()
 
@@ -310,6 +341,10 @@ class HandleCache:
         else:
             self._files.move_to_end(path)
         return handle.dataset(name)
+
+    def plain(self, path: Path, name: str) -> tuple[int, int] | None:
+        """:meth:`_OpenFile.plain` of a file opened by :meth:`dataset`."""
+        return self._files[path].plain(name)
 
     def attribute(self, path: Path, name: str):
         """A root attribute of a file opened by :meth:`dataset`, as a plain value, or None."""

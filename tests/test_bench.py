@@ -1,0 +1,58 @@
+"""The benchmarks run (on small data): ``make bench`` must not break unnoticed.
+
+Nothing here looks at a timing; the numbers are docs/benchmarks.md's business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SMALL = ["--shape", "40", "40", "36", "--patch-size", "16", "--repeats", "1"]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *arguments) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_extraction_benchmark_runs(tmp_path, torchio):
+    output = tmp_path / "extract.json"
+    plot = tmp_path / "memory.png"
+    result = _run(
+        "bench_extract.py", *SMALL, "--patches", 10, "--subjects", 1, 2,
+        "--memory-scale", 2, "--workdir", tmp_path, "--out-json", output, "--plot", plot,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(output.read_text())
+    assert set(results["per_subject"]) == {"uniform", "weighted", "label", "grid"}
+    for row in results["per_subject"].values():
+        assert set(row) == {"patchcli", "patchcli none", "torchio"}
+    assert results["limits"]["load s/subject"] > 0
+    assert all(mib > 0 for mib in results["peak_memory_mib"].values())
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "vs torchio" in result.stdout
+
+
+def test_reading_benchmark_runs(tmp_path, torchio):
+    output = tmp_path / "queue.json"
+    result = _run(
+        "bench_queue.py", *SMALL, "--subjects", 2, "--patches", 8, "--workdir", tmp_path,
+        "--out-json", output,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(output.read_text())
+    assert results["page cache (preadv)"] > 0
+    assert any(name.startswith("torchio Queue") for name in results)
+    assert any(name.startswith("PatchDataset lz4, loader + collate_patches") for name in results)
