@@ -37,17 +37,9 @@ from .io.partial import PartialOutput, PartialUnusable
 from .io.writer import SubjectRecord
 from .pipeline import Pipeline, SubjectTask
 from .progress import progress_bar
-from .sampling import (
-    count_grid_patches,
-    grid_locations,
-    grid_padding,
-    label_locations,
-    pad_volume,
-    subject_rng,
-    uniform_locations,
-    weighted_locations,
-)
+from .sampling import count_grid_patches, grid_padding, pad_volume, subject_rng
 from .sampling.geometry import Triplet, check_patch_fits
+from .sampling.stream import LocationStream
 from .shards import Shard, parse_shard, shard_output_path
 from .signals import DeferredSignals
 from .subjects import SubjectSpec, load_subject, read_manifest, read_subject_headers
@@ -114,13 +106,14 @@ class ExtractionPlan:
 
 @dataclass
 class PreparedSubject:
-    """A loaded subject (padded for a padded grid) and its locations."""
+    """A loaded subject (padded for a padded grid) and the stream of its locations."""
 
     spec: SubjectSpec
     volumes: dict[str, np.ndarray]
     affine: np.ndarray
     spatial_shape: tuple[int, int, int]
-    locations: np.ndarray
+    locations: LocationStream
+    count: int
     warnings: list[str] = field(default_factory=list)
 
 
@@ -328,34 +321,25 @@ def cast_volume(
 
 
 def subject_locations(
-    settings: SamplingSettings,
-    volumes: Mapping[str, np.ndarray],
-    count: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Locations of one subject's patches, drawn all at once."""
-    shape = next(iter(volumes.values())).shape[1:]
-    if settings.sampler == "uniform":
-        return uniform_locations(shape, settings.patch_size, count, rng)
-    if settings.sampler == "weighted":
-        return weighted_locations(
-            volumes[settings.probability_map], settings.patch_size, count, rng
-        )
-    if settings.sampler == "label":
-        return label_locations(
-            volumes[settings.label_name],
-            settings.patch_size,
-            count,
-            rng,
-            settings.label_probabilities,
-        )
-    return grid_locations(shape, settings.patch_size, settings.patch_overlap)
+    settings: SamplingSettings, volumes: Mapping[str, np.ndarray], rng: np.random.Generator
+) -> LocationStream:
+    """The stream of one subject's locations (drawn block by block, as they are cropped)."""
+    return LocationStream(
+        settings.sampler,
+        volumes,
+        settings.patch_size,
+        rng,
+        probability_map=settings.probability_map,
+        label_name=settings.label_name,
+        label_probabilities=settings.label_probabilities,
+        patch_overlap=settings.patch_overlap,
+    )
 
 
 def prepare_subject(
     settings: SamplingSettings, spec: SubjectSpec, count: int, buffers=None
 ) -> PreparedSubject:
-    """Load a subject, pad it for a padded grid, and draw its locations.
+    """Load a subject, pad it for a padded grid, and prepare the stream of its locations.
 
     A top-level function so that worker processes can run it. ``buffers``, a
     :class:`patchcli.pipeline.Buffers`, lends the arrays the volumes are
@@ -382,7 +366,7 @@ def prepare_subject(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PatchcliWarning)
         try:
-            locations = subject_locations(settings, volumes, count, rng)
+            locations = subject_locations(settings, volumes, rng)
         except DataError as error:
             image = settings.probability_map or settings.label_name
             path = spec.paths[image] if image else next(iter(spec.paths.values()))
@@ -392,14 +376,15 @@ def prepare_subject(
         for warning in caught
         if issubclass(warning.category, PatchcliWarning)
     ]
-    if len(locations) != count:
-        raise DataError(f"subject {spec.id!r}: expected {count} patches, got {len(locations)}")
+    if locations.grid is not None and len(locations.grid) != count:
+        raise DataError(f"subject {spec.id!r}: expected {count} patches, got {len(locations.grid)}")
     return PreparedSubject(
         spec=spec,
         volumes=volumes,
         affine=subject.affine,
         spatial_shape=subject.spatial_shape,
         locations=locations,
+        count=count,
         warnings=messages,
     )
 
@@ -444,6 +429,7 @@ def extract(
     resume: bool = False,
     progress: bool | None = False,
     plan: ExtractionPlan | None = None,
+    space_check: bool = True,
 ) -> ExtractionSummary:
     """Run an extraction and write its output.
 
@@ -462,6 +448,9 @@ def extract(
         Show a progress bar on stderr; None shows it only on a terminal.
     plan : ExtractionPlan, optional
         A plan already made by :func:`plan_extraction`.
+    space_check : bool
+        Refuse to start when the output's size (uncompressed, for the subjects
+        still to do) exceeds the free space of its file system.
 
     Returns
     -------
@@ -499,6 +488,8 @@ def extract(
                 already_complete=True,
             )
         # Workers are forked before the output is opened: no HDF5 state crosses the fork.
+        if space_check:
+            _check_space(plan, output)
         block_patches = _block_patches(plan)
         region_bytes = block_patches * plan.patch_bytes + 2**20 + 64 * block_patches
         with Pipeline(resolve_workers(config.workers), region_bytes) as pipeline:
@@ -605,6 +596,34 @@ def _check_resumed(plan: ExtractionPlan, done: list[SubjectRecord], partial: Pat
         start += count
 
 
+def output_size_bound(plan: ExtractionPlan, first_subject: int = 0) -> int:
+    """Bytes the output needs at most for the subjects from ``first_subject`` on (uncompressed)."""
+    patches = int(sum(plan.counts[first_subject:]))
+    if plan.output_format == "nifti":
+        # One file per image and patch: header, data, and a row of patches.csv.
+        per_patch = plan.patch_bytes + len(plan.images) * (352 + 4096) + 200
+    else:
+        per_patch = plan.patch_bytes + 56  # + its location and subject index
+    return patches * per_patch + 4 * 2**20
+
+
+def _check_space(plan: ExtractionPlan, output: PartialOutput) -> None:
+    """Refuse a run whose output cannot fit the free space, before any work."""
+    from .io.space import free_bytes
+    from .units import format_bytes
+
+    needed = output_size_bound(plan, len(output.resumed or ()))
+    free = free_bytes(output.temporary.parent)
+    if needed > free:
+        compressed = plan.output_format == "nifti" or plan.config.output.compression != "none"
+        raise DataError(
+            f"{plan.output_path}: the run needs up to {format_bytes(needed)}"
+            f"{' (uncompressed)' if compressed else ''} and its file system has "
+            f"{format_bytes(free)} free; free some space, write elsewhere, fewer patches, "
+            "or start anyway with --no-space-check"
+        )
+
+
 def _block_patches(plan: ExtractionPlan) -> int:
     """Patches per block: as many as ``block_size`` holds, at least one, at most a subject's."""
     patches = max(1, parse_size(plan.config.block_size) // max(1, plan.patch_bytes))
@@ -647,7 +666,6 @@ def _write_subject(
     start = next(messages)
     for message in start.warnings:
         warnings.warn(message, PatchcliWarning, stacklevel=4)
-    locations = start.locations
     sources = {name: str(path) for name, path in spec.paths.items()}
     writer.begin_subject(
         spec.id,
@@ -655,13 +673,13 @@ def _write_subject(
         start.spatial_shape,
         sources,
         row,
-        len(locations),
+        start.count,
         manifest_row=spec.index,
     )
     for index, block in enumerate(messages):
         if index:  # between two blocks; a complete subject is checkpointed first
             check_interrupt()
-        chunk = locations[block.first : block.first + block.count]
+        chunk = block.locations
         at = row + block.first
         if block.payload is None:
             writer.write_rows(at, chunk, number)
@@ -685,6 +703,7 @@ __all__ = [
     "SAMPLERS",
     "extract",
     "plan_extraction",
+    "output_size_bound",
     "prepare_subject",
     "subject_locations",
 ]

@@ -74,19 +74,20 @@ class SubjectStart:
 
     affine: np.ndarray
     spatial_shape: tuple[int, int, int]
-    locations: np.ndarray
+    count: int
     warnings: list[str]
 
 
 @dataclass(frozen=True)
 class Block:
-    """Patches ``[first, first + count)`` of a subject, in the target's form:
-    nothing (written in place), ``{image: [(filter mask, chunk bytes)]}`` or
-    ``{image: array (count, C, X, Y, Z)}``."""
+    """Patches ``[first, first + count)`` of a subject and their locations, in the
+    target's form: nothing (written in place), ``{image: [(filter mask, chunk bytes)]}``
+    or ``{image: array (count, C, X, Y, Z)}``."""
 
     first: int
     count: int
     payload: Mapping | None
+    locations: np.ndarray
 
 
 def crop_block(
@@ -160,11 +161,10 @@ def subject_messages(
     from .extract import prepare_subject
 
     prepared = prepare_subject(settings, task.spec, task.count, _buffers)
-    locations = prepared.locations
-    yield SubjectStart(prepared.affine, prepared.spatial_shape, locations, prepared.warnings)
-    if not len(locations):
+    yield SubjectStart(prepared.affine, prepared.spatial_shape, task.count, prepared.warnings)
+    if not task.count:
         return
-    block_patches = max(1, min(block_patches, len(locations)))
+    block_patches = max(1, min(block_patches, task.count))
     volumes = prepared.volumes
     buffers = {
         name: _buffers.get(
@@ -174,8 +174,9 @@ def subject_messages(
     }
     descriptor = os.open(target.path, os.O_WRONLY) if isinstance(target, InPlace) else None
     try:
-        for first in range(0, len(locations), block_patches):
-            corners = locations[first : first + block_patches].tolist()
+        for first in range(0, task.count, block_patches):
+            locations = prepared.locations.take(min(block_patches, task.count - first))
+            corners = locations.tolist()
             count = len(corners)
             crop_block(volumes, corners, buffers)
             if descriptor is not None:
@@ -191,7 +192,7 @@ def subject_messages(
                 }
             else:
                 payload = {name: buffer[:count] for name, buffer in buffers.items()}
-            yield Block(first, count, payload)
+            yield Block(first, count, payload, locations)
     finally:
         if descriptor is not None:
             os.close(descriptor)
@@ -279,7 +280,7 @@ def _run_in_worker(slot: int, settings, task: SubjectTask, target, block_patches
                 unacknowledged = False
             shared = _share(message.payload, region)
             if shared is not None:
-                message = Block(message.first, message.count, shared)
+                message = Block(message.first, message.count, shared, message.locations)
                 unacknowledged = True
         connection.send(message)
     if unacknowledged:  # the next subject on this slot starts with the region free
@@ -385,7 +386,8 @@ def _received(future, connection, region) -> Iterator[SubjectStart | Block]:
         if message is None:
             return
         if isinstance(message, Block) and isinstance(message.payload, _Shared):
-            yield Block(message.first, message.count, _unshare(message.payload, region))
+            payload = _unshare(message.payload, region)
+            yield Block(message.first, message.count, payload, message.locations)
             connection.send(True)  # written: the worker may reuse the region
         else:
             yield message

@@ -106,7 +106,14 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, small_disk, data, fmt, co
     disk = small_disk.mount(size)
     output = disk / f"out{suffix}"
     config = _config(tmp_path / "small.yaml", data, output, fmt, compression)
-    result = _run(config)
+    # Checked before any work: the run cannot fit (uncompressed), and says so.
+    refused = _run(config)
+    assert refused.returncode == 1
+    assert "--no-space-check" in refused.stderr and str(output) in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not list(disk.iterdir())
+    # Started anyway, it stops cleanly when the disk is full.
+    result = _run(config, "--no-space-check")
 
     # A clean stop: exit 1 (not a crash by signal), one error line naming the output, then
     # the note on what was kept.
@@ -122,7 +129,7 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, small_disk, data, fmt, co
     assert not output.with_name(output.name + ".lock").exists()
 
     # Without room, resuming stops the same way; with room, it finishes the run exactly.
-    again = _run(config, "--resume")
+    again = _run(config, "--resume", "--no-space-check")
     assert again.returncode == 1 and "no space left" in again.stderr
     small_disk.resize(disk, "200m")
     resumed = _run(config, "--resume")

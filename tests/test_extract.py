@@ -453,3 +453,45 @@ def test_peak_memory_is_one_subject_plus_one_block(tmp_path, dataset):
     patch_bytes = summary.patches * 8 * 6 * 5 * (2 + 1 + 4)
     assert patch_bytes > 5 * 2**20
     assert peak < 2 * 2**20, f"peak {peak} bytes"
+
+
+def test_an_output_larger_than_the_free_space_is_refused_before_any_work(tmp_path, dataset):
+    from click.testing import CliRunner
+
+    from patchcli.cli import main
+
+    manifest, _ = dataset
+    # 10^12 patches a subject: about 5 PB, far beyond any machine's disk.
+    config = write_config(
+        tmp_path / "absurd.yaml",
+        subjects=str(manifest),
+        images=IMAGES,
+        patch_size=[8, 6, 5],
+        num_patches=10**12,
+        output={"path": str(tmp_path / "absurd.h5")},
+    )
+    result = CliRunner().invoke(main, ["uniform", str(config), "--quiet"])
+    assert result.exit_code == 1
+    message = result.output.strip()
+    assert message.count("\n") == 0, message
+    assert "absurd.h5: the run needs up to 4.63 PiB (uncompressed)" in message
+    assert "free" in message and "--no-space-check" in message
+    assert not list(tmp_path.glob("absurd.h5*"))
+
+
+def test_locations_are_drawn_block_by_block(tmp_path, dataset, monkeypatch):
+    from patchcli.sampling.stream import LocationStream
+
+    manifest, _ = dataset
+    requested = []
+    original = LocationStream.take
+
+    def take(self, count):
+        requested.append(count)
+        return original(self, count)
+
+    monkeypatch.setattr(LocationStream, "take", take)
+    config = _config(tmp_path, manifest, "blocks.h5", num_patches=50, block_size="2KiB", workers=0)
+    extract(config, "uniform")
+    # 2 KiB blocks hold 3 patches of (8, 6, 5) voxels of three images: never more at once.
+    assert max(requested) <= 3 and sum(requested) == 150

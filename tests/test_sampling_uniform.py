@@ -85,3 +85,39 @@ def test_same_seed_same_locations_and_subjects_independent():
     assert not np.array_equal(forward[0], forward[1])
     other_seed = uniform_locations((30, 20, 10), (8, 8, 4), 25, subject_rng(4, 0))
     assert not np.array_equal(forward[0], other_seed)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "weighted", "label", "grid"])
+@pytest.mark.parametrize("blocks", [[1, 1, 1, 37], [7, 33], [40]])
+def test_location_streams_draw_what_one_call_draws(sampler, blocks):
+    from patchcli.sampling import grid_locations, label_locations, weighted_locations
+    from patchcli.sampling.stream import LocationStream
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (1, 30, 28, 26)).astype(np.uint8)
+    weights = rng.random((1, 30, 28, 26))
+    weights[0, :10] = 0
+    volumes = {"seg": labels, "prob": weights}
+    size = (8, 6, 5)
+    total = sum(blocks)
+    if sampler == "uniform":
+        expected = uniform_locations((30, 28, 26), size, total, np.random.default_rng(9))
+    elif sampler == "weighted":
+        expected = weighted_locations(weights, size, total, np.random.default_rng(9))
+    elif sampler == "label":
+        probabilities = {0: 1, 2: 3}
+        expected = label_locations(labels, size, total, np.random.default_rng(9), probabilities)
+    else:
+        expected = grid_locations((30, 28, 26), size, (2, 2, 2))[:total]
+    stream = LocationStream(
+        sampler,
+        volumes,
+        size,
+        np.random.default_rng(9),
+        probability_map="prob",
+        label_name="seg",
+        label_probabilities={0: 1, 2: 3},
+        patch_overlap=(2, 2, 2),
+    )
+    drawn = np.concatenate([stream.take(count) for count in blocks])
+    np.testing.assert_array_equal(drawn, expected)

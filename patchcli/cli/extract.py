@@ -139,7 +139,9 @@ def _make_command(sampler: str) -> click.Command:
     options = COMMON_OPTIONS + SAMPLER_OPTIONS[sampler]
 
     @run_command
-    def command(config: str, overwrite: bool, resume: bool, quiet: bool, **values: Any) -> None:
+    def command(
+        config: str, overwrite: bool, resume: bool, quiet: bool, space_check: bool, **values: Any
+    ) -> None:
         from ..config import load_config
         from ..extract import extract
 
@@ -147,13 +149,26 @@ def _make_command(sampler: str) -> click.Command:
             raise click.UsageError("--overwrite and --resume exclude each other")
         loaded = load_config(config, config_overrides(options, values))
         result = extract(
-            loaded, sampler, overwrite=overwrite, resume=resume, progress=show_progress(quiet)
+            loaded,
+            sampler,
+            overwrite=overwrite,
+            resume=resume,
+            progress=show_progress(quiet),
+            space_check=space_check,
         )
         click.echo(f"{sampler}: {summary_text(result)}")
 
     command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}"
     command = with_config_options(options)(command)
     command = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(command)
+    command = click.option(
+        "--no-space-check",
+        "space_check",
+        is_flag=True,
+        flag_value=False,
+        default=True,
+        help="Start even when the output's size (uncompressed) exceeds the free space.",
+    )(command)
     command = click.option(
         "--resume",
         is_flag=True,

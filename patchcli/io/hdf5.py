@@ -116,12 +116,34 @@ class Hdf5PatchWriter(PatchWriter):
             dataset = patches.create_dataset(name, shape=shape, dtype=dtype, **layout)
             dataset.attrs["type"] = image_type
             self.patches[name] = dataset
-        self.locations = self.file.create_dataset("locations", (num_patches, 6), dtype=np.int64)
+        # Allocated now too, so that their space can be reserved before any patch is written.
+        tables = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        tables.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        self.locations = self.file.create_dataset(
+            "locations", (num_patches, 6), dtype=np.int64, dcpl=tables
+        )
         self.subject_index = self.file.create_dataset(
-            "subject_index", (num_patches,), dtype=np.int64
+            "subject_index", (num_patches,), dtype=np.int64, dcpl=tables.copy()
         )
         self.num_subjects = num_subjects
         self._extend_to_allocated()
+        self._reserve_own_space(num_subjects)
+
+    def _reserve_own_space(self, num_subjects: int) -> None:
+        """Reserve what HDF5 itself writes: the tables of locations, and room past the
+        end for the subjects table and the metadata written at close.
+
+        Patches written in place by workers may fill the disk; HDF5's own writes must
+        never be the ones that find it full (io/space.py), so their space is taken
+        first. Raises DiskFull when even that is not there.
+        """
+        for dataset in (self.locations, self.subject_index):
+            offset = dataset.id.get_offset()
+            if offset is not None:
+                ensure_space(self._descriptor, self.path, offset, dataset.nbytes, dataset.nbytes, 0)
+        self._own_reserve = _METADATA_MARGIN + 600 * num_subjects
+        end = max(os.fstat(self._descriptor).st_size, self.file.id.get_filesize())
+        ensure_space(self._descriptor, self.path, end, self._own_reserve, self._own_reserve)
 
     def _extend_to_allocated(self) -> None:
         """Make the file as long as HDF5 has allocated (a sparse extension).
@@ -238,6 +260,7 @@ class Hdf5PatchWriter(PatchWriter):
                         f"{path}: /patches/{name} lacks {missing} of the {rows} rows its "
                         "progress record says were written"
                     )
+            self._reserve_own_space(len(done) + 1)
         except BaseException:
             self.abort()
             raise
@@ -283,7 +306,8 @@ class Hdf5PatchWriter(PatchWriter):
             return
         rows = self.subjects
         table = sum(200 + sum(len(p) for p in r.source.values()) for r in rows)
-        self._reserve(_METADATA_MARGIN + table, _METADATA_MARGIN + table)
+        if _METADATA_MARGIN + table > getattr(self, "_own_reserve", 0):
+            self._reserve(_METADATA_MARGIN + table, _METADATA_MARGIN + table)
         group = self.file.create_group("subjects")
         tables = {
             "id": np.array([r.id for r in rows], dtype=STRING_DTYPE),

@@ -53,7 +53,7 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def reserve(descriptor: int, offset: int, length: int) -> bool:
+def reserve(descriptor: int, offset: int, length: int, mode: int = _KEEP_SIZE) -> bool:
     """Allocate ``[offset, offset + length)`` of an open file without changing its size.
 
     Returns False where the file system cannot do it (the caller then checks
@@ -63,7 +63,7 @@ def reserve(descriptor: int, offset: int, length: int) -> bool:
     function = _fallocate()
     if function is None or length <= 0:
         return False
-    if function(descriptor, _KEEP_SIZE, offset, length) == 0:
+    if function(descriptor, mode, offset, length) == 0:
         return True
     code = ctypes.get_errno()
     if code in _UNSUPPORTED:
@@ -80,8 +80,12 @@ def release(descriptor: int) -> None:
     function(descriptor, _KEEP_SIZE | _PUNCH_HOLE, size, 1 << 40)
 
 
-def ensure_space(descriptor: int, path: Path, offset: int, length: int, needed: int) -> None:
+def ensure_space(
+    descriptor: int, path: Path, offset: int, length: int, needed: int, mode: int = _KEEP_SIZE
+) -> None:
     """Make sure ``length`` bytes can be written at ``offset`` of the file at ``path``.
+
+    ``mode`` 0 allocates inside the file (a sparse region); the default, past its end.
 
     Raises
     ------
@@ -92,7 +96,7 @@ def ensure_space(descriptor: int, path: Path, offset: int, length: int, needed: 
     from ..units import format_bytes
 
     try:
-        if reserve(descriptor, offset, length):
+        if reserve(descriptor, offset, length, mode):
             return
         full = free_bytes(path.parent) < length
         code = errno.ENOSPC

@@ -179,6 +179,19 @@ def label_locations(
     >>> label_locations(label_map, (3, 3, 3), 1, np.random.default_rng(0))
     array([[3, 3, 3, 6, 6, 6]])
     """
+    region, region_shape, flat_indices, weights = label_centres(
+        label_map, patch_size, label_probabilities
+    )
+    drawn = draw_from_candidates(flat_indices, weights, num_patches, rng)
+    return centres_to_locations(drawn, region, region_shape, patch_size)
+
+
+def label_centres(
+    label_map: np.ndarray,
+    patch_size: Triplet,
+    label_probabilities: Mapping[int, float] | None = None,
+):
+    """:func:`label_candidates`, refusing a map that leaves no centre to draw from."""
     region, region_shape, flat_indices, weights = label_candidates(
         label_map, patch_size, label_probabilities
     )
@@ -195,5 +208,4 @@ def label_locations(
             "no labelled voxel can be a patch centre: "
             + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
         )
-    drawn = draw_from_candidates(flat_indices, weights, num_patches, rng)
-    return centres_to_locations(drawn, region, region_shape, patch_size)
+    return region, region_shape, flat_indices, weights

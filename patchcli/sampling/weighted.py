@@ -22,6 +22,50 @@ EMPTY_MAP_HINT = (
 )
 
 
+class CandidateDraw:
+    """Draws from ``flat_indices``, each with probability proportional to its weight.
+
+    Inverse transform sampling, vectorised: one ``searchsorted`` over the
+    cumulative weights for all draws of a call. Draws ``u`` lie in ``(0, 1]``,
+    never 0, so a zero-weight candidate can never be chosen. ``weights=None``
+    means equal weights drawn with ``rng.integers``. The cumulative sum is
+    made once, and successive calls with one generator give the draws one call
+    for their total would give (``rng.random`` is consumed value by value).
+
+    Examples
+    --------
+    >>> draw = CandidateDraw(np.array([7, 9]), np.array([0.0, 1.0]))
+    >>> draw(4, np.random.default_rng(0)).tolist()
+    [9, 9, 9, 9]
+    """
+
+    def __init__(self, flat_indices: np.ndarray, weights: np.ndarray | None) -> None:
+        self.flat_indices = flat_indices
+        self.uniform = weights is None
+        self.equal = False
+        self.cdf = None
+        if weights is None:
+            return
+        largest = weights.max()
+        if weights.min() == largest and len(weights) < 2**53:
+            # Equal weights (a mask): the scaled cumulative sums would be exactly 1, 2, ..., n,
+            # so the search is a ceiling; the same draws, without a pass over the candidates.
+            self.equal = True
+            return
+        # Scaled by the largest weight so that huge finite values cannot overflow the sum.
+        self.cdf = np.cumsum(weights.astype(np.float64, copy=False) / largest, dtype=np.float64)
+
+    def __call__(self, num_draws: int, rng: np.random.Generator) -> np.ndarray:
+        indices = self.flat_indices
+        if self.uniform:
+            return indices[rng.integers(0, len(indices), size=num_draws)]
+        if self.equal:
+            draws = (1.0 - rng.random(num_draws)) * float(len(indices))
+            return indices[np.ceil(draws).astype(np.int64) - 1]
+        draws = (1.0 - rng.random(num_draws)) * self.cdf[-1]
+        return indices[np.searchsorted(self.cdf, draws, side="left")]
+
+
 def draw_from_candidates(
     flat_indices: np.ndarray,
     weights: np.ndarray | None,
@@ -30,9 +74,7 @@ def draw_from_candidates(
 ) -> np.ndarray:
     """Draw ``num_draws`` of ``flat_indices``, each with probability proportional to its weight.
 
-    Inverse transform sampling, vectorised: one ``searchsorted`` over the
-    cumulative weights for all draws. Draws ``u`` lie in ``(0, 1]``, never 0, so a
-    zero-weight candidate can never be chosen. ``weights=None`` means equal weights.
+    See :class:`CandidateDraw`.
 
     Examples
     --------
@@ -41,19 +83,7 @@ def draw_from_candidates(
     >>> draws.tolist()
     [9, 9, 9, 9]
     """
-    if weights is None:
-        return flat_indices[rng.integers(0, len(flat_indices), size=num_draws)]
-    largest = weights.max()
-    if weights.min() == largest and len(weights) < 2**53:
-        # Equal weights (a mask): the scaled cumulative sums below are exactly 1, 2, ..., n,
-        # so the search is a ceiling; the same draws, without a pass over the candidates.
-        draws = (1.0 - rng.random(num_draws)) * float(len(weights))
-        return flat_indices[np.ceil(draws).astype(np.int64) - 1]
-    # Scaled by the largest weight so that huge finite values cannot overflow the sum.
-    cdf = np.cumsum(weights.astype(np.float64, copy=False) / largest, dtype=np.float64)
-    draws = (1.0 - rng.random(num_draws)) * cdf[-1]
-    positions = np.searchsorted(cdf, draws, side="left")
-    return flat_indices[positions]
+    return CandidateDraw(flat_indices, weights)(num_draws, rng)
 
 
 def centres_to_locations(
@@ -77,6 +107,26 @@ def check_probability_values(values: np.ndarray, name: str = "probability map") 
         raise DataError(f"{name} contains NaN or infinite values")
     if values.dtype.kind in "fi" and values.size and values.min() < 0:
         raise DataError(f"{name} contains negative values (minimum {values.min()})")
+
+
+def weighted_candidates(
+    probability_map: np.ndarray, patch_size: Triplet
+) -> tuple[tuple[slice, ...], tuple[int, ...], np.ndarray, np.ndarray]:
+    """The centres a weighted sampler draws from: ``(region, region shape, flat indices
+    into the region, their weights)``; see :func:`weighted_locations`."""
+    values = probability_map[0] if probability_map.ndim == 4 else probability_map
+    check_patch_fits(patch_size, values.shape)
+    check_probability_values(values)
+    region = valid_centre_box(values.shape, patch_size)
+    # A C-ordered copy of the valid region only: the cleared borders never enter.
+    inside = np.ascontiguousarray(values[region])
+    flat_indices = np.flatnonzero(inside)
+    if flat_indices.size == 0:
+        raise DataError(
+            "probability map is empty after clearing its borders: "
+            + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
+        )
+    return region, inside.shape, flat_indices, inside.ravel()[flat_indices]
 
 
 def weighted_locations(
@@ -110,18 +160,6 @@ def weighted_locations(
     array([[1, 1, 1, 6, 6, 6],
            [1, 1, 1, 6, 6, 6]])
     """
-    values = probability_map[0] if probability_map.ndim == 4 else probability_map
-    check_patch_fits(patch_size, values.shape)
-    check_probability_values(values)
-    region = valid_centre_box(values.shape, patch_size)
-    # A C-ordered copy of the valid region only: the cleared borders never enter.
-    inside = np.ascontiguousarray(values[region])
-    flat_indices = np.flatnonzero(inside)
-    if flat_indices.size == 0:
-        raise DataError(
-            "probability map is empty after clearing its borders: "
-            + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
-        )
-    weights = inside.ravel()[flat_indices]
+    region, region_shape, flat_indices, weights = weighted_candidates(probability_map, patch_size)
     drawn = draw_from_candidates(flat_indices, weights, num_patches, rng)
-    return centres_to_locations(drawn, region, inside.shape, patch_size)
+    return centres_to_locations(drawn, region, region_shape, patch_size)
