@@ -251,6 +251,25 @@ def _as_value_error(function, *args, **kwargs):
         raise ValueError(str(error)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice (it would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: let PyYAML say so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Load a YAML mapping safely; one-line errors name the file."""
     path = Path(path)
@@ -260,8 +279,12 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a text file in UTF-8 (byte {error.start} cannot be decoded)"
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -357,6 +380,23 @@ def _resolve_subject_paths(entry: Any, base: Path) -> Any:
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|path|[a-z-]+\[.*\])$", re.IGNORECASE)
 
 
+def _did_you_mean(location: tuple) -> str:
+    """``; did you mean 'num_patches'?`` for a misspelt key, else nothing."""
+    import difflib
+
+    model: Any = Config
+    for part in location[:-1]:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    if not hasattr(model, "model_fields"):
+        return ""
+    close = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _first_problem(error: ValidationError) -> str:
     problems = error.errors()
     first = problems[0]
@@ -364,7 +404,7 @@ def _first_problem(error: ValidationError) -> str:
     # Unions report one error per member; name the key and show the input instead.
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key"
+        message = "unknown key" + _did_you_mean(first["loc"])
     elif len(problems) > 1 and all(p["loc"][:1] == first["loc"][:1] for p in problems):
         message = f"invalid value {first.get('input')!r}"
     more = (

@@ -10,6 +10,8 @@ import yaml
 from patchcli.config import load_config
 from patchcli.errors import ConfigError
 
+from .helpers import write_config
+
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -155,3 +157,37 @@ def test_grid_overlap_errors_name_the_config(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value).startswith(f"{path}: patch_overlap") and message in str(caught.value)
+
+
+def test_a_misspelt_key_is_named_with_the_closest_known_one(tmp_path):
+    path = write_config(tmp_path / "typo.yaml", num_patch=3)
+    with pytest.raises(ConfigError, match=r"typo\.yaml: num_patch: unknown key; did you mean"):
+        load_config(path)
+    path = write_config(tmp_path / "nested.yaml", output={"pth": "a.h5"})
+    with pytest.raises(ConfigError, match=r"output\.pth: unknown key; did you mean 'path'\?"):
+        load_config(path)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("patch_size: 8\nnum_patches: 4\nnum_patches: 5\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: invalid YAML at line 3: duplicate key"):
+        load_config(path)
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for previous, name in zip("abcdefg", "bcdefgh"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    lines.append("subjects: *h")  # 9^8 = 43 million strings if expanded
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: "):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_text_is_refused(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\x80\x81 binary")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not a text file in UTF-8"):
+        load_config(path)
