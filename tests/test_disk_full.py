@@ -131,6 +131,7 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, small_disk, data, fmt, co
     # Without room, resuming stops the same way; with room, it finishes the run exactly.
     again = _run(config, "--resume", "--no-space-check")
     assert again.returncode == 1 and "no space left" in again.stderr
+    assert not output.with_name(output.name + ".lock").exists()  # no claim left behind
     small_disk.resize(disk, "200m")
     resumed = _run(config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
