@@ -270,7 +270,7 @@ def test_casts_round_and_refuse_values_that_do_not_fit(tmp_path, dataset):
 
 
 def test_ctrl_c_during_a_write_stops_after_the_block_and_keeps_complete_subjects(
-    tmp_path, dataset, monkeypatch
+    tmp_path, dataset, monkeypatch, request
 ):
     """A SIGINT that arrives while h5py writes must still stop the run."""
     import os
@@ -290,6 +290,10 @@ def test_ctrl_c_during_a_write_stops_after_the_block_and_keeps_complete_subjects
         completed.append(True)
 
     monkeypatch.setattr(Hdf5PatchWriter, "write_rows", interrupted_write)
+    # Python's own handler, even where the tests were started with SIGINT ignored (a
+    # background job): patchcli leaves an ignored SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt) as caught:
         extract(_config(tmp_path, manifest, "stopped.h5"), "uniform")
     # The interrupt waited for the block being written (h5py would have swallowed

@@ -73,6 +73,11 @@ def _subjects_done(output: Path) -> int:
         return 0
 
 
+def _default_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start_and_stop(config: Path, after: int, signum: int, *extra) -> subprocess.CompletedProcess:
     """Start a run, send ``signum`` once ``after`` subjects are journaled (or, for 0, once the
     output is claimed), and return the finished process."""
@@ -83,6 +88,9 @@ def _start_and_stop(config: Path, after: int, signum: int, *extra) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A run started with SIGINT ignored (a background job, nohup) keeps ignoring it,
+        # as it should; these tests need it delivered, wherever they run from.
+        preexec_fn=_default_stop_signals,
     )
     deadline = time.monotonic() + 120
     while not (lock.exists() and _subjects_done(output) >= after):
