@@ -3,11 +3,12 @@
 Every subcommand that samples patches (``uniform``, ``weighted``, ``label``,
 ``grid``) runs :func:`extract`. It first reads every subject's headers (no
 voxels) so that a bad file fails the run before any work is done, and so that
-the output's size, dtypes and patch count are known in advance. Then, one
-subject at a time, it loads the volumes once, draws all of the subject's
-locations at once and crops each patch straight into a reusable block buffer
-that is written as one block: peak memory is one subject's volumes plus one
-block, whatever the size of the run.
+the output's size, dtypes and patch count are known in advance, and a run
+that cannot fit the free space is refused. Then worker processes
+(patchcli.pipeline) load each subject's volumes once, draw its locations and
+crop its patches block by block, and this process writes them in manifest
+order: peak memory is a few subjects' volumes and blocks, whatever the size of
+the run.
 
 With ``shard: I/N`` the run handles one block of the manifest (patchcli.shards).
 Its output is claimed, written as ``.partial``, checkpointed after every
@@ -487,11 +488,11 @@ def extract(
                 time.perf_counter() - started,
                 already_complete=True,
             )
-        # Workers are forked before the output is opened: no HDF5 state crosses the fork.
         if space_check:
             _check_space(plan, output)
         block_patches = _block_patches(plan)
         region_bytes = block_patches * plan.patch_bytes + 2**20 + 64 * block_patches
+        # Workers are forked before the output is opened: no HDF5 state crosses the fork.
         with Pipeline(resolve_workers(config.workers), region_bytes) as pipeline:
             with DeferredSignals() as signals:
                 writer = _open_writer(plan, output)

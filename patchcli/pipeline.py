@@ -13,11 +13,13 @@ form the output allows:
   runs on every core;
 - NIfTI: the worker sends the cropped blocks to the writer.
 
-A subject's volumes never cross between processes. Each in-flight subject has
-its own pipe to the writer, and a worker blocks once its block is in the pipe
-until the writer takes it: memory is a few subjects' volumes and blocks,
-whatever the number of subjects and patches. Without workers the same code runs
-in the calling process. Every worker count writes the same bytes.
+A subject's volumes never cross between processes. Each subject in flight has
+a channel to the writer: a pipe for small messages and a shared memory region
+that its worker copies each block's chunks (or arrays) into, then waits for
+the writer's acknowledgement before reusing. Memory is a few subjects'
+volumes and blocks, whatever the number of subjects and patches; locations are
+drawn block by block too (patchcli.sampling.stream). Without workers the same
+code runs in the calling process. Every worker count writes the same bytes.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ class Buffers:
         if array is None or array.shape != tuple(shape) or array.dtype != dtype:
             array = self._arrays[name] = np.empty(shape, dtype)
         return array
+
+    def clear(self) -> None:
+        self._arrays.clear()
 
 
 #: This process's buffers (each worker process has its own).
@@ -353,6 +358,7 @@ class Pipeline:
             submit()
 
     def close(self, *, kill: bool = False) -> None:
+        _buffers.clear()  # a run in this process (no workers) lent them; give them back
         stop_pool(self.pool, kill=kill)
         self.pool = None
         for connection in self._connections:

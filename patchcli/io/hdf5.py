@@ -169,7 +169,10 @@ class Hdf5PatchWriter(PatchWriter):
             return InPlace(
                 str(self.path),
                 offsets,
-                {name: dataset[0].nbytes for name, dataset in datasets.items()},
+                {
+                    name: int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+                    for name, dataset in datasets.items()
+                },
             )
         return Chunks({name: filter_pipeline(dataset) for name, dataset in datasets.items()})
 
