@@ -146,7 +146,7 @@ def merge(
             f"{output}: no shards found beside it (expected names like "
             f"{output.stem}.shard-0-of-N{output.suffix}); run the shards first, or name them"
         )
-    checked = check_shards(output, paths)
+    checked = check_shards(output, paths, whole_run=copy)
     if compression is None and compression_level is not None:
         # A new level for the shards' own compression.
         compression = str(checked.outputs[0].attributes.get("compression", "none"))
@@ -183,9 +183,17 @@ def merge(
 
 
 # ------------------------------------------------------------------ checks
-def check_shards(output: Path, paths: Sequence[Path]) -> _Shards:
-    """Read the shards and check they form one whole run; ordered by shard index."""
+def check_shards(output: Path, paths: Sequence[Path], whole_run: bool = False) -> _Shards:
+    """Read the shards and check they form one whole run; ordered by shard index.
+
+    With ``whole_run``, one unsharded run alone is taken as a shard of one (what
+    ``merge --copy`` converts).
+    """
     outputs = [read_patch_output(path) for path in paths]
+    whole = outputs[0] if len(outputs) == 1 and whole_run else None
+    if whole is not None and whole.shard is None and whole.version >= 2 and not whole.merge:
+        # A whole run alone is a shard of one: `merge --copy` then converts it (e.g. to gzip).
+        whole.attributes["shard_index"], whole.attributes["shard_count"] = 0, 1
     for shard in outputs:
         if shard.shard is None:
             why = (
@@ -193,7 +201,8 @@ def check_shards(output: Path, paths: Sequence[Path]) -> _Shards:
                 if shard.version < 2
                 else "a merge"
                 if shard.merge
-                else "not a shard (no shard_index; was it run with --shard?)"
+                else "not a shard (no shard_index; was it run with --shard?); alone, "
+                "merge --copy converts it"
             )
             raise DataError(f"{shard.path}: cannot be merged: {why}")
     first = outputs[0]

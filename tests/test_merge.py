@@ -226,7 +226,8 @@ def test_missing_duplicated_and_mismatched_shards_are_refused(tmp_path, manifest
     _refused(output, [shards[0], shards[1], four[2]], match="shard count")
 
     whole = _reference(tmp_path / "whole", manifest)
-    _refused(output, [whole], match="not a shard")
+    _refused(output, [whole], match="not a shard")  # virtually: nothing to merge
+    _refused(output, [whole, shards[1]], match="not a shard", copy=True)
 
     version1 = tmp_path / "v1.h5"
     shutil.copy(shards[0], version1)

@@ -31,11 +31,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import aggregate, extract, memory, merge, phantom, queue_sim, submit
+    from . import aggregate, extract, info, memory, merge, phantom, queue_sim, submit
 
     for command in (
         *extract.COMMANDS,
         merge.merge,
+        info.info,
         submit.submit,
         aggregate.aggregate,
         queue_sim.queue_sim,

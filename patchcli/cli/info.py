@@ -1,0 +1,101 @@
+"""``patchcli info``: what a patch output holds."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import run_command
+
+
+@click.command()
+@click.argument("output", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
+@click.option("--config", "show_config", is_flag=True, help="Also print the config of the run.")
+@run_command
+def info(output, as_json, show_config):
+    """Describe a patch output: an HDF5 file (a run, a shard or a merge) or a NIfTI folder.
+
+    The run that made it, its images, its subjects and patch counts, its size on
+    disk and compression ratio, and for a virtual merge whether every shard is
+    there (exit 1 when one is missing).
+
+    \b
+    Example:
+      patchcli info demo/out/uniform.h5
+      patchcli info demo/out/uniform.h5 --json | python -m json.tool
+    """
+    from ..info import describe_output
+
+    description = describe_output(output)
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        click.echo(format_description(description, show_config))
+    if description.get("problems"):
+        raise SystemExit(1)
+
+
+def format_description(description: dict, show_config: bool = False) -> str:
+    """The text ``patchcli info`` prints."""
+    from ..units import count, format_bytes
+
+    lines = [description["path"]]
+    role = description["role"]
+    if description.get("problems"):
+        shards = role["shards"]
+        present = sum(shard["present"] for shard in shards)
+        lines.append(f"  virtual merge of {count(len(shards), 'shard')}, {present} present:")
+        lines += [
+            f"    {shard['file']}: {'present' if shard['present'] else 'MISSING'}"
+            for shard in shards
+        ]
+        lines += [f"  problem: {problem}" for problem in description["problems"]]
+        return "\n".join(lines)
+    kind = {"hdf5": "HDF5 file", "nifti": "NIfTI folder"}[description["kind"]]
+    if role["kind"] == "shard":
+        made = f"shard {role['index']} of {role['count']} (0-based)"
+    elif role["kind"] == "merge":
+        made = f"merge ({role['mode']})"
+    else:
+        made = "one run"
+    lines.append(
+        f"  {kind}, format version {description['format_version']}, {made}, "
+        f"patchcli {description['patchcli_version']}"
+    )
+    sampler = f"  sampler: {description['sampler']}, seed {description['seed']}, patch size "
+    sampler += "x".join(map(str, description["patch_size"]))
+    if description.get("patch_overlap") is not None:
+        sampler += f", overlap {'x'.join(map(str, description['patch_overlap']))}"
+        sampler += f", padding {description.get('padding_mode') or 'none'}"
+    lines.append(sampler)
+    subjects = description["subjects"]
+    patches = description["patches"]
+    lines.append(f"  {count(patches, 'patch')} from {count(len(subjects), 'subject')}")
+    lines.append("  images:")
+    for image in description["images"]:
+        shape = "x".join(map(str, image["patch_shape"]))
+        lines.append(f"    {image['name']:<12} {image['type']:<13} {image['dtype']:<8} {shape}")
+    ratio = description["compression_ratio"]
+    lines.append(
+        f"  size: {format_bytes(description['bytes_on_disk'])} on disk, "
+        f"{format_bytes(description['bytes_uncompressed'])} uncompressed"
+        + (f" (ratio {ratio:.2f}, {description['compression']})" if ratio else "")
+    )
+    if role["kind"] == "merge" and role.get("shards"):
+        present = sum(shard["present"] for shard in role["shards"])
+        lines.append(f"  shards: {present} of {len(role['shards'])} present")
+    lines.append("  subjects (id, manifest row, patches):")
+    shown = subjects if len(subjects) <= 20 else subjects[:10] + [None] + subjects[-5:]
+    for subject in shown:
+        if subject is None:
+            lines.append(f"    ... {len(subjects) - 15} more")
+            continue
+        row = "-" if subject["manifest_row"] is None else subject["manifest_row"]
+        lines.append(f"    {subject['id']:<16} {row!s:>6} {subject['patches']:>8}")
+    lines += [f"  note: {note}" for note in description["notes"]]
+    if show_config and description.get("config"):
+        lines.append("  config:")
+        lines += [f"    {line}" for line in str(description["config"]).splitlines()]
+    return "\n".join(lines)
