@@ -597,15 +597,16 @@ def _check_resumed(plan: ExtractionPlan, done: list[SubjectRecord], partial: Pat
         start += count
 
 
-def output_size_bound(plan: ExtractionPlan, first_subject: int = 0) -> int:
-    """Bytes the output needs at most for the subjects from ``first_subject`` on (uncompressed)."""
+def output_size_bound(plan: ExtractionPlan, first_subject: int = 0, margin: bool = True) -> int:
+    """Bytes the output needs at most for the subjects from ``first_subject`` on (uncompressed),
+    with ``margin`` for the file's metadata."""
     patches = int(sum(plan.counts[first_subject:]))
     if plan.output_format == "nifti":
         # One file per image and patch: header, data, and a row of patches.csv.
         per_patch = plan.patch_bytes + len(plan.images) * (352 + 4096) + 200
     else:
         per_patch = plan.patch_bytes + 56  # + its location and subject index
-    return patches * per_patch + 4 * 2**20
+    return patches * per_patch + (4 * 2**20 if margin else 0)
 
 
 def _check_space(plan: ExtractionPlan, output: PartialOutput) -> None:

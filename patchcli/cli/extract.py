@@ -140,7 +140,13 @@ def _make_command(sampler: str) -> click.Command:
 
     @run_command
     def command(
-        config: str, overwrite: bool, resume: bool, quiet: bool, space_check: bool, **values: Any
+        config: str,
+        overwrite: bool,
+        resume: bool,
+        quiet: bool,
+        space_check: bool,
+        dry_run: bool,
+        **values: Any,
     ) -> None:
         from ..config import load_config
         from ..extract import extract
@@ -148,6 +154,12 @@ def _make_command(sampler: str) -> click.Command:
         if overwrite and resume:
             raise click.UsageError("--overwrite and --resume exclude each other")
         loaded = load_config(config, config_overrides(options, values))
+        if dry_run:
+            from ..dryrun import dry_run as plan_only
+            from ..dryrun import format_dry_run
+
+            click.echo(format_dry_run(plan_only(loaded, sampler), sampler))
+            return
         result = extract(
             loaded,
             sampler,
@@ -161,6 +173,11 @@ def _make_command(sampler: str) -> click.Command:
     command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}"
     command = with_config_options(options)(command)
     command = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(command)
+    command = click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Check the config and inputs, sample one subject, print the plan; write nothing.",
+    )(command)
     command = click.option(
         "--no-space-check",
         "space_check",

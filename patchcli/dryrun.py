@@ -1,0 +1,167 @@
+"""``--dry-run``: check a run and say what it would do, writing nothing.
+
+The config and every input's header are checked as a run checks them
+(:func:`patchcli.extract.plan_extraction`); then one subject is sampled and
+cropped in this process, in memory, to time it and to measure how well its
+patches compress with the output's compression.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .extract import ExtractionPlan, output_size_bound, plan_extraction
+from .io.space import free_bytes
+from .pipeline import Arrays, SubjectTask, _buffers, compress_chunks, subject_messages
+from .workers import resolve_workers
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run would do: see :func:`dry_run`."""
+
+    plan: ExtractionPlan
+    bytes_uncompressed: int
+    #: Estimated from the sampled subject; None when the output is uncompressed.
+    bytes_estimated: int | None
+    free_bytes: int | None
+    sampled_subject: str | None
+    sampled_seconds: float | None
+    workers: int
+    estimated_seconds: float | None
+
+
+def dry_run(config: Config, sampler: str, *, sample: bool = True) -> DryRun:
+    """Check ``config`` and its inputs, sample one subject, and estimate the run.
+
+    Returns
+    -------
+    DryRun
+
+    Raises
+    ------
+    ConfigError, DataError
+        For anything the run itself would refuse before starting.
+    """
+    plan = plan_extraction(config, sampler)
+    uncompressed = output_size_bound(plan, margin=False)
+    workers = resolve_workers(config.workers)
+    free = _free_space_near(plan.output_path)
+    estimated = seconds = per_subject = None
+    sampled = None
+    if sample and plan.subjects:
+        index = next((i for i, count in enumerate(plan.counts) if count), 0)
+        sampled = plan.subjects[index].id
+        per_subject, ratio = _sample(plan, index)
+        busy = max(1, workers)
+        seconds = per_subject * len(plan.subjects) / busy
+        if ratio is not None:
+            estimated = int(uncompressed / ratio)
+    return DryRun(
+        plan=plan,
+        bytes_uncompressed=uncompressed,
+        bytes_estimated=estimated,
+        free_bytes=free,
+        sampled_subject=sampled,
+        sampled_seconds=per_subject,
+        workers=workers,
+        estimated_seconds=seconds,
+    )
+
+
+def _sample(plan: ExtractionPlan, index: int) -> tuple[float, float | None]:
+    """Seconds to load, sample and crop subject ``index``, and its compression ratio."""
+    compression = plan.config.output.compression
+    compressed = plan.output_format == "hdf5" and compression != "none"
+    filters = _filters(plan) if compressed else None
+    spec, count = plan.subjects[index], plan.counts[index]
+    block = max(1, min(count, 2**26 // max(1, plan.patch_bytes)))
+    raw = packed = 0
+    started = time.perf_counter()
+    for message in subject_messages(plan.settings, SubjectTask(spec, count, 0), Arrays(), block):
+        payload = getattr(message, "payload", None)
+        if not payload:
+            continue
+        for name, array in payload.items():
+            raw += array.nbytes
+            if filters is not None:
+                packed += sum(len(data) for _, data in compress_chunks(array, filters[name]))
+    seconds = time.perf_counter() - started
+    _buffers.clear()
+    ratio = raw / packed if compressed and packed else None
+    return seconds, ratio
+
+
+def _filters(plan: ExtractionPlan) -> dict:
+    """Each image's HDF5 filter pipeline for the run's compression (from a dataset in memory)."""
+    import h5py
+
+    from .io.hdf5 import compression_options, filter_pipeline
+
+    output = plan.config.output
+    options = compression_options(output.compression, output.compression_level)
+    filters = {}
+    with h5py.File("patchcli-dry-run", "w", driver="core", backing_store=False) as file:
+        for name, image in plan.images.items():
+            shape = (1, image.channels, *plan.settings.patch_size)
+            dataset = file.create_dataset(name, shape, image.dtype, chunks=shape, **options)
+            filters[name] = filter_pipeline(dataset)
+    return filters
+
+
+def _free_space_near(path: Path) -> int | None:
+    """Free space of the file system the output would go to (its nearest existing folder)."""
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return free_bytes(folder)
+    except OSError:
+        return None
+
+
+def format_dry_run(result: DryRun, sampler: str) -> str:
+    """The text ``--dry-run`` prints."""
+    from .units import count, format_bytes
+
+    plan = result.plan
+    lines = [f"{sampler}: dry run, nothing written"]
+    shard = plan.shard
+    subjects = count(len(plan.subjects), "subject")
+    if shard is not None:
+        subjects += f" (shard {shard.index} of {shard.count}, of {plan.total_subjects} in all)"
+    lines.append(f"  subjects: {subjects}")
+    counts = list(plan.counts) or [0]
+    lines.append(f"  patches: {plan.total_patches} ({min(counts)} to {max(counts)} a subject)")
+    lines.append(f"  output: {plan.output_path} ({plan.output_format})")
+    size = f"  size: up to {format_bytes(result.bytes_uncompressed)} uncompressed"
+    if result.bytes_estimated is not None:
+        size += (
+            f", about {format_bytes(result.bytes_estimated)} with "
+            f"{plan.config.output.compression} (from subject {result.sampled_subject!r})"
+        )
+    lines.append(size)
+    if result.free_bytes is not None:
+        fits = "fits" if result.bytes_uncompressed <= result.free_bytes else "does NOT fit"
+        lines.append(f"  free space there: {format_bytes(result.free_bytes)} ({fits})")
+    if result.estimated_seconds is not None:
+        lines.append(
+            f"  time: about {_duration(result.estimated_seconds)} to load, sample and crop with "
+            f"{count(max(1, result.workers), 'worker')}, plus writing (subject "
+            f"{result.sampled_subject!r} took {result.sampled_seconds:.2f} s in one process)"
+        )
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+__all__ = ["DryRun", "dry_run", "format_dry_run"]
