@@ -202,3 +202,22 @@ def test_bad_dtype_options_are_usage_errors(tmp_path, config_path):
         invoke("aggregate", tmp_path / "x.h5", "--dtype", "foo", "--output-dir", tmp_path).exit_code
         == 2
     )
+
+
+def test_shell_completion_scripts_and_answers():
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "patchcli"]
+    for shell in ("bash", "zsh", "fish"):
+        env = {**os.environ, "_PATCHCLI_COMPLETE": f"{shell}_source"}
+        script = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        assert "_PATCHCLI_COMPLETE" in script.stdout
+    env = {**os.environ, "_PATCHCLI_COMPLETE": "bash_complete", "COMP_WORDS": "patchcli mer"}
+    env["COMP_CWORD"] = "1"
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert "merge" in answer.stdout and "uniform" not in answer.stdout
+    env["COMP_WORDS"], env["COMP_CWORD"] = "patchcli uniform config.yaml --dry", "3"
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert "--dry-run" in answer.stdout
