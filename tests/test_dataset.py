@@ -752,3 +752,29 @@ def test_patches_per_subject_beyond_the_pool_is_a_clear_error(dataset_class, pat
         PatchBatchSampler(dataset, 2, patches_per_subject=5)
     with pytest.raises(TypeError, match="needs the PatchDataset"):
         PatchBatchSampler(len(dataset), 2, patches_per_subject=1)
+
+
+# ------------------------------------------------------------------ augmentation
+def test_torchio_transforms_apply_to_items(dataset_class, patch_file, torchio, torch):
+    from patchcli.augment import TorchioTransform
+
+    plain = dataset_class(patch_file)
+    flipped = dataset_class(patch_file)
+    flipped.transform = TorchioTransform(
+        torchio.RandomFlip(axes=(0,), flip_probability=1.0), flipped.image_types
+    )
+    for index in (0, 5):
+        original, item = plain[index], flipped[index]
+        for name in ("t1", "seg"):
+            expected = torch.flip(original[name]["data"], dims=(1,))
+            assert torch.equal(item[name]["data"], expected)
+        assert torch.equal(item["location"], original["location"])
+        assert item["subject"] == original["subject"]
+    # A spatial transform keeps label maps' values (nearest neighbour), also in batches.
+    rotated = dataset_class(patch_file)
+    rotated.transform = TorchioTransform(torchio.RandomAffine(degrees=30), rotated.image_types)
+    torch.manual_seed(0)
+    batch = rotated.read_batch([0, 1, 2, 3])
+    labels = set(np.unique(np.asarray(plain.read_batch([0, 1, 2, 3])["seg"]["data"])).tolist())
+    assert set(np.unique(batch["seg"]["data"].numpy()).tolist()) <= labels | {0}
+    assert batch["t1"]["data"].shape[0] == 4
