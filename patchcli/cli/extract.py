@@ -58,7 +58,7 @@ COMMON_OPTIONS: list[ConfigOption] = [
     (
         "--workers",
         "workers",
-        dict(metavar="N|auto", help="Processes loading subjects; auto: one per available core."),
+        dict(metavar="N|auto", help="Worker processes (0: none); default auto: one per core."),
     ),
     (
         "--shard",
