@@ -111,7 +111,7 @@ class NaiveDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        with h5py.File(self.path, "r", locking=False) as file:
+        with h5py.File(self.path, "r") as file:
             item = {
                 name: {"data": torch.from_numpy(file[f"patches/{name}"][index])} for name in IMAGES
             }

@@ -56,3 +56,13 @@ def test_reading_benchmark_runs(tmp_path, torchio):
     assert results["page cache (preadv)"] > 0
     assert any(name.startswith("torchio Queue") for name in results)
     assert any(name.startswith("PatchDataset lz4, loader + collate_patches") for name in results)
+
+
+def test_reader_benchmark_runs(tmp_path, torch):
+    output = tmp_path / "reader.json"
+    result = _run(
+        "bench_reader.py", "--patches", 24, "--workers", 0, "--batch-size", 8, "--repeats", 1,
+        "--out-json", output,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(output.read_text())
