@@ -66,3 +66,13 @@ def test_reader_benchmark_runs(tmp_path, torch):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(output.read_text())
+
+
+def test_merge_benchmark_runs(tmp_path, torch):
+    output = tmp_path / "merge.json"
+    result = _run(
+        "bench_merge.py", "--shards", 6, "--patches", 2, "--reads", 20, "--repeats", 1,
+        "--folder", tmp_path, "--out-json", output,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(output.read_text())
