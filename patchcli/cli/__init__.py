@@ -31,12 +31,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import aggregate, extract, info, memory, merge, phantom, queue_sim, submit
+    from . import aggregate, extract, info, memory, merge, phantom, preview, queue_sim, submit
 
     for command in (
         *extract.COMMANDS,
         merge.merge,
         info.info,
+        preview.preview,
         submit.submit,
         aggregate.aggregate,
         queue_sim.queue_sim,
