@@ -1,4 +1,4 @@
-"""Random augmentation of patches with TorchIO transforms.
+"""Random augmentation of patches with TorchIO or MONAI transforms.
 
 A :class:`~patchcli.dataset.PatchDataset` item is shaped like a TorchIO batch
 element (``{image: {"data": (C, X, Y, Z), "affine": (4, 4)}, ...}``), but
@@ -6,6 +6,9 @@ TorchIO's transforms take a ``tio.Subject``. :class:`TorchioTransform` turns an
 item into a subject (label images as ``LabelMap``, so that spatial transforms
 resample them with nearest neighbours), applies the transform, and turns it
 back, keeping the item's other keys (``location``, ``subject``).
+:class:`MonaiTransform` does the same for MONAI's dictionary transforms, which
+take ``{name: tensor}``: each image goes in as a ``MetaTensor`` carrying its
+affine, and comes back with the affine the transform gives it.
 """
 
 from __future__ import annotations
@@ -67,4 +70,54 @@ class TorchioTransform:
         return f"TorchioTransform({self.transform!r})"
 
 
-__all__ = ["TorchioTransform"]
+class MonaiTransform:
+    """Apply a MONAI dictionary transform to :class:`~patchcli.dataset.PatchDataset` items.
+
+    Parameters
+    ----------
+    transform : callable
+        A MONAI dictionary transform (``RandFlipd(keys=["t1", "seg"])``,
+        ``Compose([...])``), keyed by image names.
+    images : sequence of str
+        The item's images to hand over (``dataset.images``).
+
+    Examples
+    --------
+    ::
+
+        from monai.transforms import RandFlipd, RandRotate90d, Compose
+        dataset = PatchDataset("patches.h5")
+        keys = ["t1", "seg"]
+        dataset.transform = MonaiTransform(
+            Compose([RandFlipd(keys, prob=0.5, spatial_axis=0), RandRotate90d(keys)]),
+            dataset.images,
+        )
+    """
+
+    def __init__(self, transform: Callable, images) -> None:
+        self.transform = transform
+        self.images = list(images)
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from monai.data import MetaTensor
+
+        flat = {
+            name: MetaTensor(item[name]["data"], affine=item[name]["affine"])
+            for name in self.images
+            if name in item
+        }
+        transformed = self.transform(flat)
+        result = dict(item)
+        for name in flat:
+            data = transformed[name]
+            affine = getattr(data, "affine", item[name]["affine"])
+            plain = data.as_tensor() if hasattr(data, "as_tensor") else torch.as_tensor(data)
+            result[name] = {"data": plain, "affine": torch.as_tensor(affine).to(torch.float64)}
+        return result
+
+    def __repr__(self) -> str:
+        return f"MonaiTransform({self.transform!r})"
+
+
+__all__ = ["MonaiTransform", "TorchioTransform"]

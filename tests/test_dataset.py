@@ -778,3 +778,24 @@ def test_torchio_transforms_apply_to_items(dataset_class, patch_file, torchio, t
     labels = set(np.unique(np.asarray(plain.read_batch([0, 1, 2, 3])["seg"]["data"])).tolist())
     assert set(np.unique(batch["seg"]["data"].numpy()).tolist()) <= labels | {0}
     assert batch["t1"]["data"].shape[0] == 4
+
+
+def test_monai_dictionary_transforms_apply_to_items(dataset_class, patch_file, torch):
+    from monai.transforms import RandFlipd
+
+    from patchcli.augment import MonaiTransform
+
+    plain = dataset_class(patch_file)
+    flipped = dataset_class(patch_file)
+    flipped.transform = MonaiTransform(
+        RandFlipd(keys=["t1", "seg"], prob=1.0, spatial_axis=0), flipped.images
+    )
+    for index in (0, 7):
+        original, item = plain[index], flipped[index]
+        for name in ("t1", "seg"):
+            assert type(item[name]["data"]) is torch.Tensor  # a plain tensor, collates as usual
+            assert torch.equal(item[name]["data"], torch.flip(original[name]["data"], dims=(1,)))
+            assert item[name]["affine"].shape == (4, 4)
+        assert item["subject"] == original["subject"]
+    batch = flipped.read_batch([0, 1, 2])
+    assert batch["t1"]["data"].shape[0] == 3
