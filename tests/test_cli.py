@@ -15,8 +15,6 @@ from patchcli.cli import main
 
 from .helpers import make_subjects, write_config
 
-COMMANDS = ["uniform", "weighted", "label", "grid", "phantom"]
-
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory):
@@ -43,7 +41,7 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", sorted(main.commands))
 def test_every_command_has_help_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
