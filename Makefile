@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/patchcli phantom demo/data --subjects 4 --overwrite
+	$(BIN)/patchcli uniform configs/uniform.yaml --dry-run
 	$(BIN)/patchcli uniform configs/uniform.yaml --overwrite
 	$(BIN)/patchcli weighted configs/weighted.yaml --overwrite
 	$(BIN)/patchcli label configs/label.yaml --overwrite

@@ -21,7 +21,10 @@ def memory(config: str, budget: str | None, as_json: bool, **values: Any) -> Non
     """Estimate the memory of a patches queue from image headers only.
 
     Prints TorchIO's own figure (get_max_memory) and the realistic peak,
-    itemised; with --budget, the largest max_length that fits.
+    itemised; with --budget, the largest max_length that fits. Patches
+    extracted ahead of time and read with PatchDataset need no queue at all;
+    a stored pool with patches_per_subject keeps fresh patches every epoch
+    (docs/reader.md).
 
     \b
     Example:

@@ -60,7 +60,9 @@ def queue_sim(
     """Simulate a TorchIO Queue: fills, splits, batch mixing, memory and waiting.
 
     Needs no image data: a number of subjects or a subjects manifest is
-    enough (image headers, if readable, add the memory estimate).
+    enough (image headers, if readable, add the memory estimate). The
+    alternative without a queue: extract patches ahead of time and draw
+    fresh ones every epoch with patches_per_subject (docs/reader.md).
 
     \b
     Example:
