@@ -19,6 +19,7 @@ continues from them to the same output an uninterrupted run writes.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -203,6 +204,7 @@ def plan_extraction(
     channels: dict[str, int] = {}
     dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
     padded = np.array(settings.padding) * 2
+    _check_all_exist(specs, config.subjects)
     for spec in specs:
         headers = read_subject_headers(spec, settings.reader, settings.tolerance)
         first = next(iter(headers.values()))
@@ -257,6 +259,21 @@ def plan_extraction(
         total_subjects=len(manifest),
         shard=shard,
     )
+
+
+def _check_all_exist(specs: list[SubjectSpec], manifest) -> None:
+    """Name every missing input at once, before reading any header."""
+    missing = [
+        str(path) for spec in specs for path in spec.paths.values() if not os.path.exists(path)
+    ]
+    if len(missing) == 1:
+        raise DataError(f"{missing[0]}: file not found")
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        where = f"{manifest}: " if isinstance(manifest, (str, Path)) else ""
+        raise DataError(f"{where}{len(missing)} input files not found: {shown}")
 
 
 def _slice(rows: range) -> slice:

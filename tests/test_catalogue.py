@@ -170,3 +170,18 @@ def test_a_nifti_output_missing_a_patch_file_is_refused_naming_it(tmp_path, mani
     with pytest.raises(DataError, match=rf"{missing.name}: patch file missing"):
         for index in range(len(dataset)):
             dataset[index]
+
+
+def test_every_missing_input_is_named_at_once_before_any_work(tmp_path, manifest):
+    header, *rows = manifest.read_text().splitlines()
+    lines = [header]
+    for row in rows:
+        subject, *files = row.split(",")
+        lines.append(",".join([subject, *(str(manifest.parent / name) for name in files)]))
+    lines.append(f"s9,{tmp_path / 'gone_t1.nii.gz'},{tmp_path / 'gone_seg.nii.gz'}")
+    listed = tmp_path / "listed.csv"
+    listed.write_text("\n".join(lines) + "\n")
+    expected = r"listed\.csv: 2 input files not found: .*gone_t1.*gone_seg"
+    with pytest.raises(DataError, match=expected):
+        extract(_config(tmp_path, listed, "out.h5"), "uniform")
+    assert not (tmp_path / "out.h5").exists()
