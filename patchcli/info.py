@@ -122,11 +122,29 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
         "notes": notes,
         "config": attributes.get("config"),
     }
+    description["parameters"] = _sampler_parameters(attributes.get("config"))
     if attributes.get("sampler") == "grid":
         overlap = attributes.get("patch_overlap")
         description["patch_overlap"] = None if overlap is None else list(map(int, overlap))
         description["padding_mode"] = attributes.get("padding_mode") or None
     return description
+
+
+#: Config keys that say how the sampler drew the patches.
+SAMPLER_KEYS = ("num_patches", "probability_map", "label_name", "label_probabilities")
+
+
+def _sampler_parameters(config_text: str | None) -> dict[str, Any]:
+    """The sampler's parameters from the recorded config (those that are set)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_text or "") or {}
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    return {key: config[key] for key in SAMPLER_KEYS if config.get(key) is not None}
 
 
 def _role(output: PatchOutput) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def test_an_hdf5_run_described_as_text_and_json(tmp_path, manifest):
     assert described["bytes_uncompressed"] == 21 * 120 * 3
     assert described["bytes_on_disk"] == path.stat().st_size
     assert described["role"] == {"kind": "run", "total_subjects": 3}
+    assert described["parameters"] == {"num_patches": 7}
     assert "uniform" in described["config"] and described["config_fingerprint"]
 
 

@@ -69,6 +69,8 @@ def format_description(description: dict, show_config: bool = False) -> str:
     if description.get("patch_overlap") is not None:
         sampler += f", overlap {'x'.join(map(str, description['patch_overlap']))}"
         sampler += f", padding {description.get('padding_mode') or 'none'}"
+    for key, value in description.get("parameters", {}).items():
+        sampler += f", {key} {value}"
     lines.append(sampler)
     subjects = description["subjects"]
     patches = description["patches"]
