@@ -127,3 +127,71 @@ def test_any_bytes_as_an_input_file_fail_only_with_clear_errors(tmp_path_factory
             read(path)
         except PatchcliError as error:
             _one_line_naming(error, name)
+
+
+FUZZ_HDF5_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from patchcli.errors import PatchcliError
+from patchcli.io.reader import HandleCache, read_patch_output
+
+for path in sys.argv[1:]:
+    print("case", path, flush=True)
+    try:
+        output = read_patch_output(path)
+        handles = HandleCache()
+        for name in output.images:
+            out = np.empty((output.num_patches, output.channels[name], *output.patch_size),
+                           output.dtypes[name])
+            output.read_rows(name, 0, output.num_patches, out, handles)
+        handles.close()
+        print("read", flush=True)
+    except PatchcliError as error:
+        message = str(error)
+        assert "\n" not in message.strip() and Path(path).name in message, message
+        print("clear error", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_damaged_patch_files_fail_only_with_clear_errors(tmp_path, compression):
+    """Bytes of a valid patch file overwritten at random: read, or a clear error; never
+    another exception or a crash (run in a subprocess: a crash in HDF5 would end pytest)."""
+    import subprocess
+    import sys
+
+    from patchcli.config import load_config
+    from patchcli.extract import extract
+
+    from .helpers import make_subjects, write_config
+
+    manifest, _ = make_subjects(tmp_path / "data", [(12, 10, 8)] * 2)
+    config = write_config(
+        tmp_path / "config.yaml",
+        subjects=str(manifest),
+        images={"t1": "intensity", "seg": "label"},
+        patch_size=4,
+        num_patches=5,
+        output={"path": str(tmp_path / "valid.h5"), "compression": compression},
+    )
+    valid = extract(load_config(config), "uniform").path.read_bytes()
+    rng = np.random.default_rng(0)  # fixed cases on every run
+    cases = []
+    for number in range(60):
+        content = bytearray(valid)
+        for position in rng.integers(0, len(content), size=int(rng.integers(1, 6))):
+            content[position] = int(rng.integers(0, 256))
+        path = tmp_path / f"damaged-{number:02d}.h5"
+        path.write_bytes(bytes(content))
+        cases.append(str(path))
+    result = subprocess.run(
+        [sys.executable, "-c", FUZZ_HDF5_SCRIPT, *cases], capture_output=True, text=True
+    )
+    last = [line for line in result.stdout.splitlines() if line.startswith("case")][-1:]
+    assert result.returncode == 0, f"{last} crashed or raised: {result.stderr[-2000:]}"
+    outcomes = [line for line in result.stdout.splitlines() if not line.startswith("case")]
+    assert len(outcomes) == 60

@@ -205,7 +205,13 @@ class PatchOutput:
             file_space.select_hyperslab((local, 0, 0, 0, 0), (length, *target.shape[1:]))
             # DatasetID.read is what Dataset.read_direct calls, without re-parsing a
             # selection object for every patch.
-            dataset.read(h5s.create_simple(target.shape), file_space, target)
+            try:
+                dataset.read(h5s.create_simple(target.shape), file_space, target)
+            except (OSError, RuntimeError, ValueError) as error:
+                raise DataError(
+                    f"{part.path}: /patches/{name} rows {local} to {local + length - 1} cannot "
+                    f"be read ({damage_reason(error)})"
+                ) from None
             done += length
 
     def _part_of(self, row: int) -> tuple[int, Part]:
@@ -392,7 +398,27 @@ def read_patch_output(path: str | os.PathLike, *, allow_external: bool = False) 
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         return _read_nifti_folder(path)
-    return _read_hdf5(path, allow_external)
+    try:
+        return _read_hdf5(path, allow_external)
+    except DataError:
+        raise
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+    ) as error:
+        # h5py's own errors on a damaged file (a bad attribute, a broken object header).
+        raise DataError(f"{path}: damaged patch file ({damage_reason(error)})") from None
+
+
+def damage_reason(error: BaseException) -> str:
+    """One line from an h5py error (its messages run over several lines)."""
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
 
 
 def _plain(value: Any) -> Any:
@@ -446,6 +472,8 @@ def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
             for name in images:
                 _check_link(file, f"patches/{name}", path, allow_external)
                 dataset = file[f"patches/{name}"]
+                if not hasattr(dataset, "ndim"):  # a group or a named type, not a dataset
+                    raise DataError(f"{path}: /patches/{name} is not a dataset")
                 if dataset.ndim != 5 or tuple(dataset.shape[2:]) != patch_size:
                     raise DataError(
                         f"{path}: /patches/{name} has shape {dataset.shape}, expected "
