@@ -185,3 +185,29 @@ def test_every_missing_input_is_named_at_once_before_any_work(tmp_path, manifest
     with pytest.raises(DataError, match=expected):
         extract(_config(tmp_path, listed, "out.h5"), "uniform")
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_an_oblique_affine_is_kept_and_moved_to_each_patch(tmp_path, torch):
+    from patchcli.dataset import PatchDataset
+
+    angle = np.deg2rad(20)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.9, 1.1, 2.0])
+    affine[:3, 3] = [-20.0, 35.0, 7.5]
+    t1 = np.arange(12 * 10 * 8, dtype=np.int16).reshape(12, 10, 8)
+    save_nifti(tmp_path / "t1.nii.gz", t1, affine)
+    save_nifti(tmp_path / "seg.nii.gz", (t1 % 3).astype(np.uint8), affine)
+    (tmp_path / "subjects.csv").write_text("subject,t1,seg\ns0,t1.nii.gz,seg.nii.gz\n")
+    path = extract(_config(tmp_path, tmp_path / "subjects.csv", "oblique.h5"), "uniform").path
+    dataset = PatchDataset(path)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        start = item["location"][:3].numpy()
+        expected = affine.copy()
+        expected[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+        np.testing.assert_allclose(item["t1"]["affine"].numpy(), expected, atol=1e-5)
+        i0, j0, k0, i1, j1, k1 = item["location"].tolist()
+        np.testing.assert_array_equal(item["t1"]["data"][0].numpy(), t1[i0:i1, j0:j1, k0:k1])

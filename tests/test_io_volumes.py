@@ -168,3 +168,12 @@ def test_folder_without_dicom_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no DICOM series"):
         read_volume(tmp_path / "empty")
+
+
+def test_a_dicom_series_missing_a_slice_is_refused(tmp_path):
+    data = np.random.default_rng(4).integers(0, 1000, (6, 5, 7)).astype(np.int16)
+    folder = tmp_path / "gap"
+    _write_dicom_series(folder, data)
+    (folder / "slice003.dcm").unlink()
+    with pytest.raises(DataError, match=r"gap: DICOM slices are not evenly spaced \(5 mm after"):
+        read_header(folder)
