@@ -620,6 +620,19 @@ class PatchBatchSampler(Sampler[list[int]]):
     def epoch(self) -> int:
         return self.order.epoch
 
+    @property
+    def indices(self) -> np.ndarray:
+        """The dataset indices this sampler draws from."""
+        return self.order.indices
+
+    @property
+    def shuffle(self) -> bool:
+        return self.order.shuffle
+
+    @property
+    def seed(self) -> int | None:
+        return self.order.seed
+
     def set_epoch(self, epoch: int) -> None:
         """Use pass number ``epoch`` for the next iteration's order (and draw)."""
         self.order.epoch = int(epoch)
