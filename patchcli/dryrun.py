@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .extract import ExtractionPlan, output_size_bound, plan_extraction
+from .extract import ExtractionPlan, output_size_bound, patches_per_block, plan_extraction
 from .io.space import free_bytes
 from .pipeline import Arrays, SubjectTask, _buffers, compress_chunks, subject_messages
 from .workers import resolve_workers
@@ -78,7 +78,7 @@ def _sample(plan: ExtractionPlan, index: int) -> tuple[float, float | None]:
     compressed = plan.output_format == "hdf5" and compression != "none"
     filters = _filters(plan) if compressed else None
     spec, count = plan.subjects[index], plan.counts[index]
-    block = max(1, min(count, 2**26 // max(1, plan.patch_bytes)))
+    block = patches_per_block(plan)
     raw = packed = 0
     started = time.perf_counter()
     for message in subject_messages(plan.settings, SubjectTask(spec, count, 0), Arrays(), block):

@@ -33,6 +33,7 @@ from . import __version__
 from .config import Config
 from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning
 from .fingerprint import config_fingerprint
+from .io.atomic import size_on_disk
 from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
 from .io.partial import PartialOutput, PartialUnusable
@@ -501,13 +502,13 @@ def extract(
                 path,
                 len(plan.subjects),
                 plan.total_patches,
-                _size_on_disk(path),
+                size_on_disk(path),
                 time.perf_counter() - started,
                 already_complete=True,
             )
         if space_check:
             _check_space(plan, output)
-        block_patches = _block_patches(plan)
+        block_patches = patches_per_block(plan)
         region_bytes = block_patches * plan.patch_bytes + 2**20 + 64 * block_patches
         # Workers are forked before the output is opened: no HDF5 state crosses the fork.
         with Pipeline(resolve_workers(config.workers), region_bytes) as pipeline:
@@ -527,7 +528,7 @@ def extract(
         path,
         len(plan.subjects),
         plan.total_patches,
-        _size_on_disk(path),
+        size_on_disk(path),
         time.perf_counter() - started,
         resumed=resumed,
     )
@@ -643,7 +644,7 @@ def _check_space(plan: ExtractionPlan, output: PartialOutput) -> None:
         )
 
 
-def _block_patches(plan: ExtractionPlan) -> int:
+def patches_per_block(plan: ExtractionPlan) -> int:
     """Patches per block: as many as ``block_size`` holds, at least one, at most a subject's."""
     patches = max(1, parse_size(plan.config.block_size) // max(1, plan.patch_bytes))
     return min(patches, max(plan.counts, default=1))
@@ -709,12 +710,6 @@ def _write_subject(
         bar.update(block.count)
 
 
-def _size_on_disk(path: Path) -> int:
-    if path.is_dir():
-        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
-    return path.stat().st_size
-
-
 __all__ = [
     "ExtractionPlan",
     "ExtractionSummary",
@@ -723,6 +718,7 @@ __all__ = [
     "extract",
     "plan_extraction",
     "output_size_bound",
+    "patches_per_block",
     "prepare_subject",
     "subject_locations",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .io.atomic import size_on_disk
 from .io.reader import PatchOutput, read_patch_output
 
 #: Compressions whose HDF5 filter is a plugin (Blosc, from hdf5plugin).
@@ -170,7 +171,7 @@ def _role(output: PatchOutput) -> dict[str, Any]:
 
 def _bytes_on_disk(output: PatchOutput) -> int:
     if output.kind == "nifti":
-        return sum(item.stat().st_size for item in output.path.rglob("*") if item.is_file())
+        return size_on_disk(output.path)
     files = {output.path, *(part.path for part in output.parts)}
     return sum(_allocated(file) for file in files)
 

@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, DataError
-from .io.atomic import atomic_output
+from .io.atomic import atomic_output, size_on_disk
 from .io.claim import Claim
 from .io.hdf5 import FORMAT_NAME, compression_options
 from .io.reader import PatchOutput, read_patch_output
@@ -166,11 +166,7 @@ def merge(
                 _merge_hdf5(
                     checked, output, temporary, mode, compression, compression_level, progress
                 )
-    written = (
-        sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
-        if output.is_dir()
-        else output.stat().st_size
-    )
+    written = size_on_disk(output)
     return MergeSummary(
         output,
         mode,

@@ -78,15 +78,11 @@ def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> 
                 f"{source!r}; preview draws over the source images"
             )
         volumes[name] = read_volume(source).array
+    config = yaml.safe_load(output.attributes.get("config") or "") or {}
     padding = tuple(int(p) for p in np.asarray(output.padding).reshape(-1)[:3])
     if any(padding):
-        mode = output.attributes.get("padding_mode") or 0
-        try:
-            mode = float(mode)
-        except (TypeError, ValueError):
-            pass
+        mode = config.get("padding_mode", 0)
         volumes = {name: pad_volume(v, padding, mode) for name, v in volumes.items()}
-    config = yaml.safe_load(output.attributes.get("config") or "") or {}
     sampler = str(output.attributes.get("sampler", "uniform"))
     probabilities = config.get("label_probabilities")
     return PreviewData(

@@ -99,6 +99,14 @@ def atomic_output(
         raise
 
 
+def size_on_disk(path: Path) -> int:
+    """Bytes of an output: a file's size, or the sum over a folder's files."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+    return path.stat().st_size
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

@@ -110,20 +110,16 @@ class Hdf5PatchWriter(PatchWriter):
             else:
                 # Uncompressed: one contiguous block, allocated now, that workers write
                 # into in place (patchcli.pipeline); nothing is filled in beforehand.
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                layout = {"dcpl": dcpl, "fill_time": "never"}
+                layout = {"dcpl": _allocated_now(), "fill_time": "never"}
             dataset = patches.create_dataset(name, shape=shape, dtype=dtype, **layout)
             dataset.attrs["type"] = image_type
             self.patches[name] = dataset
         # Allocated now too, so that their space can be reserved before any patch is written.
-        tables = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        tables.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         self.locations = self.file.create_dataset(
-            "locations", (num_patches, 6), dtype=np.int64, dcpl=tables
+            "locations", (num_patches, 6), dtype=np.int64, dcpl=_allocated_now()
         )
         self.subject_index = self.file.create_dataset(
-            "subject_index", (num_patches,), dtype=np.int64, dcpl=tables.copy()
+            "subject_index", (num_patches,), dtype=np.int64, dcpl=_allocated_now()
         )
         self.num_subjects = num_subjects
         self._extend_to_allocated()
@@ -142,8 +138,7 @@ class Hdf5PatchWriter(PatchWriter):
             if offset is not None:
                 ensure_space(self._descriptor, self.path, offset, dataset.nbytes, dataset.nbytes, 0)
         self._own_reserve = _METADATA_MARGIN + 600 * num_subjects
-        end = max(os.fstat(self._descriptor).st_size, self.file.id.get_filesize())
-        ensure_space(self._descriptor, self.path, end, self._own_reserve, self._own_reserve)
+        self._reserve(self._own_reserve, self._own_reserve)
 
     def _extend_to_allocated(self) -> None:
         """Make the file as long as HDF5 has allocated (a sparse extension).
@@ -296,8 +291,7 @@ class Hdf5PatchWriter(PatchWriter):
         selection = np.s_[row : row + count]
         for name, array in arrays.items():
             self.patches[name].write_direct(array, np.s_[0:count], selection)
-        self.locations[selection] = locations
-        self.subject_index[selection] = subject_index
+        self.write_rows(row, locations, subject_index)
 
     def _reserve(self, length: int, needed: int) -> None:
         end = max(os.fstat(self._descriptor).st_size, self.file.id.get_filesize())
@@ -309,7 +303,7 @@ class Hdf5PatchWriter(PatchWriter):
             return
         rows = self.subjects
         table = sum(200 + sum(len(p) for p in r.source.values()) for r in rows)
-        if _METADATA_MARGIN + table > getattr(self, "_own_reserve", 0):
+        if _METADATA_MARGIN + table > self._own_reserve:
             self._reserve(_METADATA_MARGIN + table, _METADATA_MARGIN + table)
         group = self.file.create_group("subjects")
         tables = {
@@ -346,6 +340,13 @@ class Hdf5PatchWriter(PatchWriter):
 
 
 # -- reading -------------------------------------------------------------------
+
+
+def _allocated_now():
+    """Dataset creation properties that allocate the dataset's space when it is made."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
 
 
 def filter_pipeline(dataset: h5py.Dataset) -> tuple[tuple[int, int, tuple[int, ...]], ...]:

@@ -13,7 +13,6 @@ volume in any viewer.
 from __future__ import annotations
 
 import csv
-import errno
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ from .atomic import FOLDER_MARKER
 from .hdf5 import FORMAT_NAME, FORMAT_VERSION
 from .partial import PartialUnusable
 from .reader import CSV_NAME
-from .space import DiskFull, free_bytes, is_disk_full
+from .space import is_disk_full, write_error
 from .writer import PatchWriter, SubjectRecord
 
 
@@ -146,13 +145,7 @@ class NiftiPatchWriter(PatchWriter):
         except OSError as error:
             if not is_disk_full(error):
                 raise
-            from ..units import format_bytes
-
-            what = "over the disk quota" if error.errno == errno.EDQUOT else "no space left"
-            raise DiskFull(
-                f"{self.folder}: {what} on the device ({format_bytes(free_bytes(self.folder))} "
-                "free)"
-            ) from None
+            raise write_error(self.folder, error) from None
 
     def target(self):
         """How workers hand over patches for this folder: as arrays (patchcli.pipeline)."""

@@ -105,10 +105,9 @@ def ensure_space(
             raise
         full, code = True, error.errno
     if full:
-        what = "over the disk quota" if code == errno.EDQUOT else "no space left on the device"
         raise DiskFull(
-            f"{path}: {what} ({format_bytes(free_bytes(path.parent))} free; the run still "
-            f"needs up to {format_bytes(needed)} uncompressed)"
+            f"{path}: {_full(code)} ({format_bytes(free_bytes(path.parent))} free; the run "
+            f"still needs up to {format_bytes(needed)} uncompressed)"
         )
 
 
@@ -116,17 +115,20 @@ def is_disk_full(error: OSError) -> bool:
     return error.errno in _FULL
 
 
+def _full(code: int) -> str:
+    return "over the disk quota" if code == errno.EDQUOT else "no space left on the device"
+
+
 def write_error(path: Path, error: OSError) -> DataError:
     """A one-line error naming ``path`` for a failed write: :class:`DiskFull` when it is."""
     from ..units import format_bytes
 
     if is_disk_full(error):
-        what = "over the disk quota" if error.errno == errno.EDQUOT else "no space left"
         try:
             free = f" ({format_bytes(free_bytes(Path(path).parent))} free)"
         except OSError:
             free = ""
-        return DiskFull(f"{path}: {what} on the device{free}")
+        return DiskFull(f"{path}: {_full(error.errno)}{free}")
     return DataError(f"{path}: cannot write ({error.strerror or error})")
 
 

@@ -267,11 +267,15 @@ def _series_geometry(files: list[str]) -> tuple[list[int], tuple, tuple, tuple]:
     spacing = list(first.GetSpacing()[:3])
     direction = np.asarray(first.GetDirection(), dtype=np.float64).reshape(3, 3)
     origin = np.asarray(first.GetOrigin()[:3], dtype=np.float64)
-    if len(files) > 2:
-        _check_even_slices(files, origin)
     if len(files) > 1:
-        last = np.asarray(_image_information(files[-1]).GetOrigin()[:3], dtype=np.float64)
-        step = (last - origin) / (len(files) - 1)
+        # Every slice's position, read once: to check they are evenly spaced, and for the
+        # slice step from the first to the last.
+        positions = np.array(
+            [origin] + [_image_information(name).GetOrigin()[:3] for name in files[1:]],
+            dtype=np.float64,
+        )
+        _check_even_slices(positions, Path(files[0]).parent)
+        step = (positions[-1] - origin) / (len(files) - 1)
         distance = float(np.linalg.norm(step))
         if distance > 0:
             spacing[2] = distance
@@ -279,22 +283,20 @@ def _series_geometry(files: list[str]) -> tuple[list[int], tuple, tuple, tuple]:
     return size, tuple(spacing), tuple(direction.ravel()), tuple(origin)
 
 
-def _check_even_slices(files: list[str], origin: np.ndarray) -> None:
+def _check_even_slices(positions: np.ndarray, folder: Path) -> None:
     """Refuse a series whose slices are not evenly spaced: a missing slice would
     otherwise be read over silently, with every slice after it misplaced."""
-    positions = np.array(
-        [_image_information(name).GetOrigin()[:3] for name in files], dtype=np.float64
-    )
-    distances = np.linalg.norm(positions - origin, axis=1)
+    if len(positions) < 3:
+        return
+    distances = np.linalg.norm(positions - positions[0], axis=1)
     gaps = np.diff(distances)
     typical = float(np.median(gaps))
     uneven = np.flatnonzero(np.abs(gaps - typical) > max(0.01 * abs(typical), 1e-3))
     if typical <= 0 or len(uneven):
         where = int(uneven[0]) if len(uneven) else 0
-        folder = Path(files[0]).parent
         raise DataError(
             f"{folder}: DICOM slices are not evenly spaced ({gaps[where]:.3g} mm after slice "
-            f"{where + 1} of {len(files)}, {typical:.3g} mm elsewhere): a missing or repeated "
+            f"{where + 1} of {len(positions)}, {typical:.3g} mm elsewhere): a missing or repeated "
             "slice?"
         )
 
