@@ -107,19 +107,25 @@ def check_dtype(value: str) -> str:
     return dtype.name
 
 
+#: Patches per subject at most (2**40): beyond any disk, and far from int64's overflow.
+MAX_PATCHES = 2**40
+#: Worker processes at most: each has pipes and shared memory of its own.
+MAX_WORKERS = 1024
+
+
 class Config(_Strict):
     """The resolved configuration of a run."""
 
     subjects: Path | list[dict[str, Any]] | None = None
     images: dict[str, ImageSpec] = Field(default_factory=dict)
     patch_size: int | tuple[int, int, int] | None = None
-    num_patches: int | None = Field(default=None, ge=1)
+    num_patches: int | None = Field(default=None, ge=1, le=MAX_PATCHES)
     probability_map: str | None = None
     label_name: str | None = None
     label_probabilities: dict[int, Probability] | None = None
     patch_overlap: int | tuple[int, int, int] = 0
     padding_mode: str | float | None = None
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)  # stored as an int64 attribute
     reader: Literal["auto", "nibabel", "sitk"] = "auto"
     affine_tolerance: float = Field(default=1e-4, ge=0)
     block_size: str = "64MiB"
@@ -128,6 +134,8 @@ class Config(_Strict):
     workers: int | Literal["auto"] = "auto"
     #: ``I/N`` (the I-th of N blocks of the manifest, 0-based) or ``auto`` (patchcli.shards).
     shard: str | None = None
+    #: What a bad subject does: stop the run (``fail``), or be left out and listed (``skip``).
+    on_error: Literal["fail", "skip"] = "fail"
     output: OutputSpec = Field(default_factory=OutputSpec)
     # Queue settings (queue-sim, memory), TorchIO's names.
     sampler: Literal["uniform", "weighted", "label", "grid"] = "uniform"
@@ -175,6 +183,8 @@ class Config(_Strict):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"workers must be a count (0: in this process) or auto, not {value!r}")
+        if value > MAX_WORKERS:
+            raise ValueError(f"workers must be at most {MAX_WORKERS}, not {value}")
         return value
 
     @field_validator("shard", mode="before")
@@ -291,7 +301,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     return data

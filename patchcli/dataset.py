@@ -115,6 +115,10 @@ class PatchDataset(Dataset):
         Applied to each item dict (``dict -> dict``), e.g. a TorchIO or MONAI
         dictionary transform. On the batched path it is applied to each item
         before they are collated.
+    allow_external : bool
+        Accept files whose patches are external links or virtual datasets
+        reading from outside their own folder (refused by default: such a
+        file reads whatever lies at the place it names).
 
     Attributes
     ----------
@@ -157,6 +161,8 @@ class PatchDataset(Dataset):
         path: PathLike | Sequence[PathLike],
         images: str | Sequence[str] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
+        *,
+        allow_external: bool = False,
     ) -> None:
         self._handles = HandleCache()
         if isinstance(path, (str, os.PathLike)):
@@ -165,7 +171,7 @@ class PatchDataset(Dataset):
             paths = [Path(item) for item in path]
         if not paths:
             raise DataError("PatchDataset: no patch file given")
-        sources = [read_patch_output(item) for item in paths]
+        sources = [read_patch_output(item, allow_external=allow_external) for item in paths]
         first = sources[0]
         for source in sources[1:]:
             _check_same_layout(first, source)

@@ -37,7 +37,8 @@ from .io.atomic import size_on_disk
 from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
 from .io.partial import PartialOutput, PartialUnusable
-from .io.writer import SubjectRecord
+from .io.space import WriteFailed
+from .io.writer import SkippedSubject, SubjectRecord
 from .pipeline import Pipeline, SubjectTask
 from .progress import progress_bar
 from .sampling import count_grid_patches, grid_padding, pad_volume, subject_rng
@@ -95,6 +96,8 @@ class ExtractionPlan:
     #: Subjects in the whole manifest (``subjects`` is this shard's part of it).
     total_subjects: int = 0
     shard: Shard | None = None
+    #: Subjects left out before any work (``on_error: skip``), with the reason.
+    skipped: list[SkippedSubject] = field(default_factory=list)
 
     @property
     def total_patches(self) -> int:
@@ -132,6 +135,8 @@ class ExtractionSummary:
     seconds: float
     resumed: int = 0
     already_complete: bool = False
+    #: Subjects left out by ``on_error: skip``, in manifest order.
+    skipped: tuple[SkippedSubject, ...] = ()
 
 
 def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
@@ -201,39 +206,36 @@ def plan_extraction(
     )
     shard = parse_shard(config.shard)
     specs = list(manifest) if shard is None else list(manifest[_slice(shard.rows(len(manifest)))])
+    if sampler != "grid" and config.num_patches is None:
+        if any(not spec.num_samples for spec in specs):
+            raise ConfigError("num_patches is required (or a num_samples column)")
+    skip = config.on_error == "skip"
+    skipped: list[SkippedSubject] = []
+    kept: list[SubjectSpec] = []
     counts: list[int] = []
     channels: dict[str, int] = {}
     dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
-    padded = np.array(settings.padding) * 2
-    _check_all_exist(specs, config.subjects)
+    missing = _check_all_exist(specs, config.subjects, fail=not skip)
     for spec in specs:
-        headers = read_subject_headers(spec, settings.reader, settings.tolerance)
-        first = next(iter(headers.values()))
-        shape = tuple(int(n) for n in first.spatial_shape)
-        where = f"{first.path}: subject {spec.id!r}"
-        for name, header in headers.items():
-            expected = channels.setdefault(name, header.channels)
-            if header.channels != expected:
-                raise DataError(
-                    f"{header.path}: subject {spec.id!r} image {name!r} has {header.channels} "
-                    f"channels where earlier subjects have {expected}"
-                )
-            dtypes[name].append(header.dtype)
         try:
-            if sampler == "grid":
-                counts.append(
-                    count_grid_patches(
-                        tuple(np.add(shape, padded)), settings.patch_size, settings.patch_overlap
-                    )
-                )
-            else:
-                check_patch_fits(settings.patch_size, shape)
-                count = spec.num_samples or config.num_patches
-                if count is None:
-                    raise ConfigError("num_patches is required (or a num_samples column)")
-                counts.append(int(count))
+            if spec.id in missing:
+                raise DataError(missing[spec.id])
+            count, headers = _plan_subject(spec, settings, config, channels)
         except DataError as error:
-            raise DataError(f"{where}: {error}") from None
+            if not skip:
+                raise
+            skipped.append(SkippedSubject(spec.id, spec.index, str(error)))
+            continue
+        for name, header in headers.items():
+            channels.setdefault(name, header.channels)
+            dtypes[name].append(header.dtype)
+        kept.append(spec)
+        counts.append(count)
+    if not kept and skipped:
+        raise DataError(
+            f"{config.subjects if isinstance(config.subjects, Path) else 'the manifest'}: every "
+            f"subject failed ({len(skipped)}), e.g. {skipped[0].reason}"
+        )
     images = {}
     for name, spec in config.images.items():
         if spec.type == "intensity" and config.output.dtype is not None:
@@ -244,14 +246,14 @@ def plan_extraction(
     output_path = Path(config.output.path)
     if shard is not None:
         output_path = shard_output_path(output_path, shard, config.output.format == "nifti")
-    _check_sources_outside(specs, output_path)
+    _check_sources_outside(kept, output_path)
     settings = replace(
         settings, output_dtypes={name: plan.dtype.name for name, plan in images.items()}
     )
     return ExtractionPlan(
         settings=settings,
         config=config,
-        subjects=specs,
+        subjects=kept,
         counts=counts,
         images=images,
         output_path=output_path,
@@ -259,22 +261,59 @@ def plan_extraction(
         fingerprint=config_fingerprint(config, sampler, manifest),
         total_subjects=len(manifest),
         shard=shard,
+        skipped=skipped,
     )
 
 
-def _check_all_exist(specs: list[SubjectSpec], manifest) -> None:
-    """Name every missing input at once, before reading any header."""
-    missing = [
-        str(path) for spec in specs for path in spec.paths.values() if not os.path.exists(path)
-    ]
-    if len(missing) == 1:
-        raise DataError(f"{missing[0]}: file not found")
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
+def _plan_subject(
+    spec: SubjectSpec, settings: SamplingSettings, config: Config, channels: Mapping[str, int]
+) -> tuple[int, dict]:
+    """A subject's patch count and headers; DataError naming the file for anything that
+    would fail later (unreadable headers, shapes, channels unlike earlier subjects')."""
+    headers = read_subject_headers(spec, settings.reader, settings.tolerance)
+    first = next(iter(headers.values()))
+    shape = tuple(int(n) for n in first.spatial_shape)
+    for name, header in headers.items():
+        expected = channels.get(name, header.channels)
+        if header.channels != expected:
+            raise DataError(
+                f"{header.path}: subject {spec.id!r} image {name!r} has {header.channels} "
+                f"channels where earlier subjects have {expected}"
+            )
+    try:
+        if settings.sampler == "grid":
+            padded = tuple(np.add(shape, np.multiply(settings.padding, 2)))
+            return count_grid_patches(padded, settings.patch_size, settings.patch_overlap), headers
+        check_patch_fits(settings.patch_size, shape)
+        return int(spec.num_samples or config.num_patches), headers
+    except DataError as error:
+        raise DataError(f"{first.path}: subject {spec.id!r}: {error}") from None
+
+
+def _check_all_exist(specs: list[SubjectSpec], manifest, fail: bool = True) -> dict[str, str]:
+    """Name every missing input at once, before reading any header.
+
+    With ``fail`` False, return instead the reason of each subject with missing
+    files, by subject id.
+    """
+    missing: dict[str, list[str]] = {}
+    for spec in specs:
+        absent = [str(path) for path in spec.paths.values() if not os.path.exists(path)]
+        if absent:
+            missing[spec.id] = absent
+    if not fail:
+        return {
+            subject: f"{', '.join(paths)}: file{'s' if len(paths) > 1 else ''} not found"
+            for subject, paths in missing.items()
+        }
+    every = [path for paths in missing.values() for path in paths]
+    if len(every) == 1:
+        raise DataError(f"{every[0]}: file not found")
+    if every:
+        shown = ", ".join(every[:5]) + (f" and {len(every) - 5} more" if len(every) > 5 else "")
         where = f"{manifest}: " if isinstance(manifest, (str, Path)) else ""
-        raise DataError(f"{where}{len(missing)} input files not found: {shown}")
+        raise DataError(f"{where}{len(every)} input files not found: {shown}")
+    return {}
 
 
 def _slice(rows: range) -> slice:
@@ -492,19 +531,24 @@ def extract(
         "format": plan.output_format,
         "subjects": len(plan.subjects),
         "patches": plan.total_patches,
+        "skipped": [skipped.manifest_row for skipped in plan.skipped],
     }
     folder = plan.output_format == "nifti"
     with PartialOutput(
         path, header, folder=folder, overwrite=overwrite, resume=resume, kind=FORMAT_NAME
     ) as output:
         if output.complete:
+            from .io.reader import read_patch_output
+
+            complete = read_patch_output(path)
             return ExtractionSummary(
                 path,
-                len(plan.subjects),
-                plan.total_patches,
+                len(complete.subjects),
+                complete.num_patches,
                 size_on_disk(path),
                 time.perf_counter() - started,
                 already_complete=True,
+                skipped=tuple(complete.skipped),
             )
         if space_check:
             _check_space(plan, output)
@@ -526,11 +570,12 @@ def extract(
             output.commit()
     return ExtractionSummary(
         path,
-        len(plan.subjects),
-        plan.total_patches,
+        len(writer.subjects),
+        sum(record.patch_count for record in writer.subjects),
         size_on_disk(path),
         time.perf_counter() - started,
         resumed=resumed,
+        skipped=tuple(writer.skipped_in_manifest_order()),
     )
 
 
@@ -539,8 +584,8 @@ def _open_writer(plan: ExtractionPlan, output: PartialOutput):
     images = {name: (p.channels, p.dtype, p.type) for name, p in plan.images.items()}
     patch_size = plan.settings.patch_size
     if output.resumed:
-        done = [_record_from_json(record) for record in output.resumed]
-        _check_resumed(plan, done, output.temporary)
+        _check_resumed(plan, output.resumed, output.temporary)
+        done = [_record_from_json(r) for r in output.resumed if "skipped" not in r]
         try:
             if plan.output_format == "nifti":
                 writer = NiftiPatchWriter(
@@ -560,21 +605,33 @@ def _open_writer(plan: ExtractionPlan, output: PartialOutput):
             output.start_fresh()
         else:
             output.continue_partial()
+            writer.skipped = list(plan.skipped)
+            for record in output.resumed:
+                if "skipped" in record:
+                    skipped = SkippedSubject(
+                        str(record["id"]), int(record["manifest_row"]), str(record["skipped"])
+                    )
+                    writer.skip_subject(
+                        skipped, int(record["patch_start"]), int(record["patch_count"])
+                    )
             return writer
     if plan.output_format == "nifti":
-        return NiftiPatchWriter(
+        writer = NiftiPatchWriter(
             output.temporary, images, patch_size, _attributes(plan), plan.settings.padding
         )
-    return Hdf5PatchWriter(
-        output.temporary,
-        images,
-        patch_size,
-        plan.total_patches,
-        len(plan.subjects),
-        _attributes(plan),
-        plan.config.output.compression,
-        plan.config.output.compression_level,
-    )
+    else:
+        writer = Hdf5PatchWriter(
+            output.temporary,
+            images,
+            patch_size,
+            plan.total_patches,
+            len(plan.subjects),
+            _attributes(plan),
+            plan.config.output.compression,
+            plan.config.output.compression_level,
+        )
+    writer.skipped = list(plan.skipped)
+    return writer
 
 
 def _record_json(record: SubjectRecord, csv_offset: int | None) -> dict:
@@ -598,19 +655,39 @@ def _record_from_json(data: Mapping) -> SubjectRecord:
     )
 
 
-def _check_resumed(plan: ExtractionPlan, done: list[SubjectRecord], partial: Path) -> None:
-    """The resumed subjects must be the first ones of this run, with the same patch rows."""
+def _skip_json(skipped: SkippedSubject, start: int, count: int, csv_offset: int | None) -> dict:
+    """A journal record of a subject given up (``on_error: skip``) and its rows."""
+    data = {
+        "skipped": skipped.reason,
+        "id": skipped.id,
+        "manifest_row": skipped.manifest_row,
+        "patch_start": start,
+        "patch_count": count,
+    }
+    if csv_offset is not None:
+        data["csv_offset"] = csv_offset
+    return data
+
+
+def _check_resumed(plan: ExtractionPlan, done: list[Mapping], partial: Path) -> None:
+    """The resumed subjects (complete or skipped) must be the first ones of this run, with
+    the same patch rows."""
     if len(done) > len(plan.subjects):
         raise DataError(f"{partial}: holds more subjects than this run has; use --overwrite")
     start = 0
     for number, (record, spec, count) in enumerate(zip(done, plan.subjects, plan.counts)):
         expected = (spec.id, spec.index, start, count)
-        found = (record.id, record.manifest_row, record.patch_start, record.patch_count)
+        found = (
+            str(record["id"]),
+            None if record.get("manifest_row") is None else int(record["manifest_row"]),
+            int(record["patch_start"]),
+            int(record["patch_count"]),
+        )
         if found != expected:
             raise DataError(
-                f"{partial}: subject {number} is {record.id!r} (manifest row "
-                f"{record.manifest_row}, {record.patch_count} patches) there but {spec.id!r} "
-                f"(row {spec.index}, {count} patches) in this run; start again with --overwrite"
+                f"{partial}: subject {number} is {found[0]!r} (manifest row {found[1]}, "
+                f"{found[3]} patches) there but {spec.id!r} (row {spec.index}, {count} "
+                "patches) in this run; start again with --overwrite"
             )
         start += count
 
@@ -659,8 +736,12 @@ def _write_subjects(
     signals: DeferredSignals,
     progress: bool | None,
 ) -> None:
-    """Crop and write every subject not yet complete, checkpointing after each."""
-    first = len(writer.subjects)
+    """Crop and write every subject not yet complete, checkpointing after each.
+
+    With ``on_error: skip``, a subject that fails for its own input (not for the
+    output's) is given up: its rows are left out and it is listed.
+    """
+    first = len(output.resumed)
     starts = np.concatenate([[0], np.cumsum(plan.counts)]).astype(int).tolist()
     tasks = (
         SubjectTask(spec, count, start)
@@ -671,17 +752,26 @@ def _write_subjects(
         bar.update(starts[first])
         subjects = pipeline.run(plan.settings, tasks, target, block_patches)
         for number, messages in enumerate(subjects, start=first):
+            spec, row, count = plan.subjects[number], starts[number], plan.counts[number]
             bar.set_postfix_str(f"subject {number + 1}/{len(plan.subjects)}", refresh=False)
-            _write_subject(
-                writer, plan.subjects[number], starts[number], number, messages, bar, signals.check
-            )
-            output.checkpoint(_record_json(writer.current, writer.flush()))
+            try:
+                _write_subject(writer, spec, row, messages, bar, signals.check)
+            except DataError as error:
+                if plan.config.on_error != "skip" or isinstance(error, WriteFailed):
+                    raise
+                skipped = SkippedSubject(spec.id, spec.index, str(error))
+                writer.skip_subject(skipped, row, count)
+                warnings.warn(
+                    f"skipped subject {spec.id!r}: {error}", PatchcliWarning, stacklevel=2
+                )
+                bar.update(starts[number + 1] - bar.n)
+                output.checkpoint(_skip_json(skipped, row, count, writer.flush()))
+            else:
+                output.checkpoint(_record_json(writer.current, writer.flush()))
             signals.check()
 
 
-def _write_subject(
-    writer, spec: SubjectSpec, row: int, number: int, messages, bar, check_interrupt
-) -> None:
+def _write_subject(writer, spec: SubjectSpec, row: int, messages, bar, check_interrupt) -> None:
     """Record one subject's patches as its worker hands them over."""
     start = next(messages)
     for message in start.warnings:
@@ -696,6 +786,7 @@ def _write_subject(
         start.count,
         manifest_row=spec.index,
     )
+    number = len(writer.subjects) - 1  # its row of the subjects table
     for index, block in enumerate(messages):
         if index:  # between two blocks; a complete subject is checkpointed first
             check_interrupt()

@@ -9,7 +9,7 @@ What enters it: the sampler, the sampling keys of the config (the
 64]`` are the same), the image names and types, and the manifest itself
 (every subject's id, image paths and ``num_samples``; not the manifest's own
 path, so two copies of one manifest agree). What does not: the shard, the
-output path, ``workers``, ``block_size``, progress options, and the keys that
+output path, ``on_error``, ``workers``, ``block_size``, progress options, and the keys that
 only ``queue-sim`` and ``memory`` read.
 """
 
@@ -45,6 +45,7 @@ FINGERPRINT_KEYS = (
 NOT_FINGERPRINTED = (
     "subjects",  # replaced by the manifest's content
     "shard",
+    "on_error",  # which subjects are left out is recorded in the output itself
     "workers",
     "block_size",
     "output.path",

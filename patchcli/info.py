@@ -10,6 +10,7 @@ for a virtual merge whether each shard is there.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ PLUGIN_NOTE = (
 )
 
 
-def describe_output(path: str | os.PathLike) -> dict[str, Any]:
+def describe_output(path: str | os.PathLike, *, allow_external: bool = False) -> dict[str, Any]:
     """Describe a patch output (HDF5 file, shard, merge, or NIfTI folder).
+
+    ``allow_external`` accepts a file reading from outside its folder
+    (:func:`~patchcli.io.reader.read_patch_output`).
 
     Returns
     -------
@@ -39,7 +43,8 @@ def describe_output(path: str | os.PathLike) -> dict[str, Any]:
         ``path``, ``kind``, ``format_version``, ``patchcli_version``,
         ``sampler``, ``seed``, ``role`` (``run``, ``shard`` or ``merge``
         details), ``images`` (name, type, dtype, channels, patch shape),
-        ``subjects`` (id, manifest row, patches), ``patches``,
+        ``subjects`` (id, manifest row, patches), ``skipped_subjects`` (id,
+        manifest row, reason), ``patches``,
         ``bytes_on_disk``, ``bytes_uncompressed``, ``compression``,
         ``compression_ratio``, ``notes`` and ``config`` (the YAML it was made
         with). A virtual merge lists its shards with ``present`` flags.
@@ -52,7 +57,7 @@ def describe_output(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        output = read_patch_output(path)
+        output = read_patch_output(path, allow_external=allow_external)
     except DataError as error:
         shards = _virtual_merge_shards(path)
         if shards is None:
@@ -114,6 +119,7 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
         "role": _role(output),
         "images": images,
         "subjects": subjects,
+        "skipped_subjects": [asdict(skipped) for skipped in output.skipped],
         "patches": patches,
         "bytes_on_disk": on_disk,
         "bytes_uncompressed": uncompressed,

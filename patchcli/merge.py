@@ -35,7 +35,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from .io.atomic import atomic_output, size_on_disk
 from .io.claim import Claim
 from .io.hdf5 import FORMAT_NAME, compression_options
 from .io.reader import PatchOutput, read_patch_output
+from .io.writer import SkippedSubject
 from .shards import Shard, find_shards, parse_shard_name
 from .units import parse_size
 
@@ -64,6 +65,8 @@ class MergeSummary:
     patches: int
     bytes_written: int
     seconds: float
+    #: Subjects the shards left out (``on_error: skip``).
+    skipped: int = 0
 
 
 @dataclass
@@ -82,6 +85,11 @@ class _Shards:
     @property
     def subjects(self) -> int:
         return sum(len(output.subjects) for output in self.outputs)
+
+    @property
+    def skipped(self) -> list[SkippedSubject]:
+        """Every shard's skipped subjects, in manifest order."""
+        return [skipped for output in self.outputs for skipped in output.skipped]
 
 
 def find_shard_outputs(output: Path) -> list[Path]:
@@ -175,6 +183,7 @@ def merge(
         checked.patches,
         written,
         time.perf_counter() - started,
+        len(checked.skipped),
     )
 
 
@@ -284,11 +293,21 @@ def _missing_text(output: Path, first: PatchOutput, missing: list[int], count: i
 
 
 def _check_rows(output: Path, ordered: list[PatchOutput]) -> None:
-    """Every manifest row exactly once, and shards in manifest order."""
+    """Every manifest row exactly once (written, or skipped by ``on_error: skip``), and
+    shards in manifest order."""
     total = ordered[0].attributes.get("total_subjects")
     seen: dict[int, Path] = {}
     previous = -1
     for shard in ordered:
+        for skipped in shard.skipped:
+            if skipped.manifest_row is not None:
+                if skipped.manifest_row in seen:
+                    raise DataError(
+                        f"{output}: manifest row {skipped.manifest_row} (subject "
+                        f"{skipped.id!r}) is in both {seen[skipped.manifest_row].name} and "
+                        f"{shard.path.name}"
+                    )
+                seen[skipped.manifest_row] = shard.path
         for subject in shard.subjects:
             row = subject.manifest_row
             if row is None:
@@ -346,7 +365,7 @@ def _merge_hdf5(
 ) -> None:
     import h5py
 
-    from .io.hdf5 import STRING_DTYPE, open_hdf5
+    from .io.hdf5 import STRING_DTYPE, open_hdf5, write_skipped
     from .progress import progress_bar
 
     shards = checked.outputs
@@ -417,6 +436,8 @@ def _merge_hdf5(
         group["manifest_row"] = np.array([r.manifest_row for r, _ in records], np.int64)
         for name in first.images:
             group[f"source/{name}"] = np.array([r.source[name] for r, _ in records], STRING_DTYPE)
+        if checked.skipped:
+            write_skipped(merged, checked.skipped)
         table = merged.create_group("shards")
         names = relative if mode == "virtual" else [shard.path.name for shard in shards]
         table["file"] = np.array(names, dtype=STRING_DTYPE)
@@ -522,6 +543,9 @@ def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
                 start += shard.num_patches
     config = metadata.pop("config", "")
     metadata["subjects"] = subjects
+    metadata.pop("skipped_subjects", None)  # the first shard's; the merge lists all shards'
+    if checked.skipped:
+        metadata["skipped_subjects"] = [asdict(skipped) for skipped in checked.skipped]
     metadata["config"] = _merged_config(config, checked.dtypes)
     write_metadata(folder, metadata)
 

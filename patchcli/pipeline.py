@@ -277,6 +277,10 @@ def _unshare(shared: _Shared, region) -> dict:
 def _run_in_worker(slot: int, settings, task: SubjectTask, target, block_patches: int) -> None:
     connection = _slot_connections[slot]
     region = _slot_regions[slot] if _slot_regions else None
+    # A subject that failed on this slot (skipped by the writer) may have left the
+    # acknowledgement of its last block unread; it was sent before this task was.
+    while connection.poll():
+        connection.recv()
     unacknowledged = False
     for message in subject_messages(settings, task, target, block_patches):
         if isinstance(message, Block) and message.payload is not None and region is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import MAX_PATCHES
 from .errors import ConfigError, DataError
 from .io.volumes import Header, read_header, read_volume
 
@@ -68,6 +69,8 @@ def _parse_num_samples(value: Any, where: str) -> int | None:
         raise DataError(f"{where}: num_samples must be a positive integer, not {value!r}") from None
     if isinstance(value, bool) or number < 1:
         raise DataError(f"{where}: num_samples must be a positive integer, not {value!r}")
+    if number > MAX_PATCHES:
+        raise DataError(f"{where}: num_samples must be at most {MAX_PATCHES}, not {number}")
     return number
 
 

@@ -176,3 +176,61 @@ def test_other_write_errors_are_not_called_a_full_disk():
     assert space.is_disk_full(OSError(errno.ENOSPC, "full"))
     assert space.is_disk_full(OSError(errno.EDQUOT, "quota"))
     assert not space.is_disk_full(OSError(errno.EIO, "I/O error"))
+
+
+@pytest.fixture(scope="module")
+def data_with_a_bad_subject(tmp_path_factory, data):
+    """The phantoms, the third subject's first image cut short (found by its worker)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("disk-full-bad") / "data"
+    shutil.copytree(data.parent, folder)
+    manifest = folder / data.name
+    third = manifest.read_text().splitlines()[3].split(",")[1]
+    broken = folder / third
+    content = broken.read_bytes()
+    broken.write_bytes(content[: len(content) // 2])
+    return manifest
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_never_skipped_and_the_final_copy_needs_room(
+    tmp_path, small_disk, data_with_a_bad_subject
+):
+    manifest = data_with_a_bad_subject
+
+    def config(name: str, output: Path) -> Path:
+        path = _config(tmp_path / f"{name}.yaml", manifest, output, "hdf5", "none")
+        path.write_text(path.read_text() + "on_error: skip\n")
+        return path
+
+    reference = config("reference", tmp_path / "reference.h5")
+    assert _run(reference).returncode == 0
+
+    # A disk too small for the run: the run stops, no subject is skipped for it.
+    small = small_disk.mount("16m")
+    result = _run(config("small", small / "out.h5"), "--no-space-check")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert result.returncode == 1 and len(errors) == 1 and "no space left" in errors[0]
+    skipped = [line for line in result.stderr.splitlines() if "skipped subject" in line]
+    assert all("skipped subject 'sub-003'" in line for line in skipped), result.stderr
+
+    # Room for the run (28 MiB of rows, the skipped subject's 4.7 MiB never written) but
+    # not for the copy without that subject's rows made at the end: a clean stop with every
+    # subject done, and --resume makes the copy once there is room.
+    disk = small_disk.mount("40m")
+    output = disk / "out.h5"
+    stopped = _run(config("tight", output))
+    assert stopped.returncode == 1, stopped.stderr
+    lines = stopped.stderr.strip().splitlines()
+    assert any(line.startswith("warning: skipped subject 'sub-003': ") for line in lines)
+    error = next(line for line in lines if line.startswith("Error: "))
+    assert f"{output}.partial.compacting: no space left" in error
+    assert "HDF5-DIAG" not in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not output.exists() and output.with_name("out.h5.partial").exists()
+    assert not output.with_name("out.h5.partial.compacting").exists()
+    small_disk.resize(disk, "200m")
+    resumed = _run(config("tight", output), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 subject skipped" in resumed.stdout
+    assert_same_output(output, tmp_path / "reference.h5")

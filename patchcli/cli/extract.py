@@ -69,6 +69,14 @@ COMMON_OPTIONS: list[ConfigOption] = [
         ),
     ),
     ("--block-size", "block_size", dict(help="Bytes of patches written at once, e.g. 64MiB.")),
+    (
+        "--on-error",
+        "on_error",
+        dict(
+            type=click.Choice(["fail", "skip"]),
+            help="A bad subject stops the run (fail, the default) or is left out and listed.",
+        ),
+    ),
 ]
 RANDOM_OPTIONS = [
     ("--num-patches", "num_patches", dict(type=click.IntRange(min=1), help="Patches per subject.")),
@@ -125,12 +133,17 @@ def summary_text(result) -> str:
     from ..units import count, format_bytes
 
     what = f"{count(result.patches, 'patch')} from {count(result.subjects, 'subject')}"
+    skipped = "".join(
+        f"\n  skipped {s.id!r} (manifest row {s.manifest_row}): {s.reason}" for s in result.skipped
+    )
+    if skipped:
+        what += f", {count(len(result.skipped), 'subject')} skipped"
     if result.already_complete:
-        return f"{result.path} is already complete ({what}); nothing to do"
+        return f"{result.path} is already complete ({what}); nothing to do{skipped}"
     resumed = f" ({result.resumed} resumed)" if result.resumed else ""
     return (
         f"{what}{resumed}, {format_bytes(result.bytes_written)} written to {result.path} "
-        f"in {result.seconds:.1f} s"
+        f"in {result.seconds:.1f} s{skipped}"
     )
 
 

@@ -13,8 +13,13 @@ from .common import run_command
 @click.argument("output", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
 @click.option("--config", "show_config", is_flag=True, help="Also print the config of the run.")
+@click.option(
+    "--allow-external",
+    is_flag=True,
+    help="Accept a file whose patches are links to files outside its folder.",
+)
 @run_command
-def info(output, as_json, show_config):
+def info(output, as_json, show_config, allow_external):
     """Describe a patch output: an HDF5 file (a run, a shard or a merge) or a NIfTI folder.
 
     The run that made it, its images, its subjects and patch counts, its size on
@@ -28,7 +33,7 @@ def info(output, as_json, show_config):
     """
     from ..info import describe_output
 
-    description = describe_output(output)
+    description = describe_output(output, allow_external=allow_external)
     if as_json:
         click.echo(json.dumps(description, indent=2))
     else:
@@ -96,6 +101,14 @@ def format_description(description: dict, show_config: bool = False) -> str:
             continue
         row = "-" if subject["manifest_row"] is None else subject["manifest_row"]
         lines.append(f"    {subject['id']:<16} {row!s:>6} {subject['patches']:>8}")
+    skipped = description.get("skipped_subjects") or []
+    if skipped:
+        lines.append(f"  skipped (on_error: skip): {count(len(skipped), 'subject')}")
+        for subject in skipped[:20]:
+            row = "-" if subject["manifest_row"] is None else subject["manifest_row"]
+            lines.append(f"    {subject['id']:<16} {row!s:>6}  {subject['reason']}")
+        if len(skipped) > 20:
+            lines.append(f"    ... {len(skipped) - 20} more (--json lists them all)")
     lines += [f"  note: {note}" for note in description["notes"]]
     if show_config and description.get("config"):
         lines.append("  config:")

@@ -50,9 +50,10 @@ def merge(output, shards, copy, compression, compression_level, overwrite, quiet
         progress=show_progress(quiet),
     )
     how = {"virtual": "virtual datasets over the shards", "copy": "copied", "nifti": "one folder"}
+    skipped = f"; {count(result.skipped, 'subject')} skipped" if result.skipped else ""
     click.echo(
         f"merge: {count(result.shards, 'shard')}, {count(result.patches, 'patch')} from "
-        f"{count(result.subjects, 'subject')} ({how[result.mode]}), "
+        f"{count(result.subjects, 'subject')} ({how[result.mode]}{skipped}), "
         f"{format_bytes(result.bytes_written)} written to "
         f"{result.path} in {result.seconds:.1f} s"
     )

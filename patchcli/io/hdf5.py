@@ -17,9 +17,10 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from .compact import compact_rows, compacting_path
 from .partial import PartialUnusable
 from .space import ensure_space, release
-from .writer import PatchWriter, SubjectRecord
+from .writer import PatchWriter, SkippedSubject, SubjectRecord
 
 FORMAT_NAME = "patchcli-patches"
 #: 2 added the fingerprint, shard and merge records (docs/format.md); 1 is still read.
@@ -72,6 +73,9 @@ class Hdf5PatchWriter(PatchWriter):
     compression : str
     compression_level : int, optional
     """
+
+    #: Whether :meth:`close` continued in a compacted copy of the file.
+    _compacted = False
 
     def __init__(
         self,
@@ -213,7 +217,8 @@ class Hdf5PatchWriter(PatchWriter):
         """Continue writing a ``.partial`` file whose subjects ``done`` are complete.
 
         The file must have the datasets this run would create, and every row of
-        the subjects ``done`` must be stored; rows after them are written again.
+        the subjects ``done`` must be stored; rows after them are written again
+        (and rows of skipped subjects between them are left out at close).
 
         Raises
         ------
@@ -243,6 +248,9 @@ class Hdf5PatchWriter(PatchWriter):
                 dataset = file.get(f"patches/{name}")
                 expected = (num_patches, channels, *patch_size)
                 if dataset is None or dataset.shape != expected or dataset.dtype != dtype:
+                    if "subjects" in file:
+                        # Closed and compacted over skipped subjects, but not yet renamed.
+                        raise PartialUnusable(f"{path}: was closed before it was renamed")
                     found = "missing" if dataset is None else f"{dataset.shape} {dataset.dtype}"
                     raise DataError(
                         f"{path}: /patches/{name} is {found}, this run writes {expected} "
@@ -252,7 +260,7 @@ class Hdf5PatchWriter(PatchWriter):
             self.locations, self.subject_index = file["locations"], file["subject_index"]
             rows = sum(record.patch_count for record in done)
             for name, dataset in self.patches.items():
-                missing = _unstored_rows(dataset, rows)
+                missing = _unstored_rows(dataset, done)
                 if missing:
                     raise PartialUnusable(
                         f"{path}: /patches/{name} lacks {missing} of the {rows} rows its "
@@ -298,9 +306,15 @@ class Hdf5PatchWriter(PatchWriter):
         ensure_space(self._descriptor, self.path, end, length, max(needed, length))
 
     def close(self) -> None:
-        """Write the subjects table and close the file."""
+        """Write the subjects table and close the file (compacted first over the rows
+        of skipped subjects)."""
         if not self.file.id.valid:
             return
+        for table in ("subjects", "skipped_subjects"):
+            if table in self.file:  # closed once already (a run stopped before its rename)
+                del self.file[table]
+        if self.holes:
+            self._compact()
         rows = self.subjects
         table = sum(200 + sum(len(p) for p in r.source.values()) for r in rows)
         if _METADATA_MARGIN + table > self._own_reserve:
@@ -322,8 +336,25 @@ class Hdf5PatchWriter(PatchWriter):
         for name in self.image_names:
             paths = np.array([r.source[name] for r in rows], dtype=STRING_DTYPE)
             sources.create_dataset(name, data=paths)
+        if self.skipped:
+            write_skipped(self.file, self.skipped_in_manifest_order())
         self.file.close()
         self._release()
+        if self._compacted:
+            os.replace(compacting_path(self.path), self.path)
+
+    def _compact(self) -> None:
+        """Continue in a copy of the file without the holes' rows (io/compact.py)."""
+        keep = [(record.patch_start, record.patch_count) for record in self.subjects]
+        target = compacting_path(self.path)
+        file, descriptor = compact_rows(self.file, target, keep)
+        self.abort()
+        self.file, self._descriptor, self.holes = file, descriptor, []
+        self._compacted = True
+        self.subjects = self.compacted_subjects()
+        self.locations, self.subject_index = file["locations"], file["subject_index"]
+        self.patches = {name: file[f"patches/{name}"] for name in self.image_names}
+        self._own_reserve = 0  # reserved with the copy
 
     def abort(self) -> None:
         try:
@@ -358,12 +389,14 @@ def filter_pipeline(dataset: h5py.Dataset) -> tuple[tuple[int, int, tuple[int, .
     )
 
 
-def _unstored_rows(dataset: h5py.Dataset, rows: int) -> int:
-    """How many of the first ``rows`` rows (one chunk each) of ``dataset`` are not stored."""
-    if rows == 0:
+def _unstored_rows(dataset: h5py.Dataset, done: Sequence[SubjectRecord]) -> int:
+    """How many rows (one chunk each) of the subjects ``done`` are not stored in ``dataset``."""
+    rows = max((record.patch_start + record.patch_count for record in done), default=0)
+    if rows == 0 or dataset.chunks is None:  # contiguous: written in place, nothing to look up
         return 0
-    if dataset.chunks is None:  # contiguous: written in place, nothing to look up
-        return 0
+    needed = np.zeros(rows, dtype=bool)
+    for record in done:
+        needed[record.patch_start : record.patch_start + record.patch_count] = True
     stored = np.zeros(rows, dtype=bool)
 
     def visit(info) -> None:
@@ -372,7 +405,38 @@ def _unstored_rows(dataset: h5py.Dataset, rows: int) -> int:
             stored[row] = True
 
     dataset.id.chunk_iter(visit)
-    return int(rows - stored.sum())
+    return int((needed & ~stored).sum())
+
+
+def write_skipped(file: h5py.File, skipped: Sequence[SkippedSubject]) -> None:
+    """The ``/skipped_subjects`` table: id, manifest row (-1: unknown) and reason of each."""
+    group = file.create_group("skipped_subjects")
+    group["id"] = np.array([s.id for s in skipped], dtype=STRING_DTYPE)
+    group["manifest_row"] = np.array(
+        [-1 if s.manifest_row is None else s.manifest_row for s in skipped], np.int64
+    )
+    group["reason"] = np.array([s.reason for s in skipped], dtype=STRING_DTYPE)
+
+
+def read_skipped(file: h5py.File, path: str | os.PathLike) -> list[SkippedSubject]:
+    """The ``/skipped_subjects`` table of an open patch file ([] when there is none)."""
+    if "skipped_subjects" not in file:
+        return []
+    try:
+        group = file["skipped_subjects"]
+        ids = decode_strings(group["id"][()])
+        rows = np.asarray(group["manifest_row"][()], dtype=np.int64).reshape(-1)
+        reasons = decode_strings(group["reason"][()])
+    except KeyError as error:
+        raise DataError(
+            f"{path}: incomplete /skipped_subjects (missing {error.args[0]!s})"
+        ) from None
+    if not len(ids) == len(rows) == len(reasons):
+        raise DataError(f"{path}: /skipped_subjects has columns of different lengths")
+    return [
+        SkippedSubject(subject, None if row < 0 else int(row), reason)
+        for subject, row, reason in zip(ids, rows, reasons, strict=True)
+    ]
 
 
 def decode_strings(values) -> list[str]:

@@ -16,6 +16,7 @@ import csv
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from .hdf5 import FORMAT_NAME, FORMAT_VERSION
 from .partial import PartialUnusable
 from .reader import CSV_NAME
 from .space import is_disk_full, write_error
-from .writer import PatchWriter, SubjectRecord
+from .writer import PatchWriter, SkippedSubject, SubjectRecord
 
 
 def patch_file_name(image: str, patch_number: int) -> str:
@@ -122,7 +123,19 @@ class NiftiPatchWriter(PatchWriter):
 
     def begin_subject(self, subject_id: str, *args: Any, **kwargs: Any) -> None:
         super().begin_subject(subject_id, *args, **kwargs)
+        self._stream.flush()
+        self._subject_offset = self._stream.tell()
         (self.folder / subject_id).mkdir(exist_ok=True)
+
+    def skip_subject(self, skipped: SkippedSubject, patch_start: int, patch_count: int) -> None:
+        """Give up a subject: its folder is removed and its rows of ``patches.csv`` cut."""
+        begun = bool(self.subjects) and self.current.id == skipped.id
+        super().skip_subject(skipped, patch_start, patch_count)
+        if begun:
+            self._stream.flush()
+            self._stream.truncate(self._subject_offset)
+            self._stream.seek(self._subject_offset)
+            shutil.rmtree(self.folder / skipped.id, ignore_errors=True)
 
     def write_block(
         self,
@@ -172,8 +185,12 @@ class NiftiPatchWriter(PatchWriter):
                 "patch_count": record.patch_count,
                 **({} if record.manifest_row is None else {"manifest_row": record.manifest_row}),
             }
-            for record in self.subjects
+            for record in self.compacted_subjects()
         ]
+        if self.skipped:
+            self.metadata["skipped_subjects"] = [
+                asdict(skipped) for skipped in self.skipped_in_manifest_order()
+            ]
         self.metadata["config"] = self.config_text
         write_metadata(self.folder, self.metadata)
 

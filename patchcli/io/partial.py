@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import DataError, PatchcliWarning
 from .atomic import check_output_free, partial_path
 from .claim import Claim
+from .compact import compacting_path
 from .progress import ProgressJournal, journal_path, sync_to_disk
 
 
@@ -132,10 +133,14 @@ class PartialOutput:
             output = read_patch_output(self.path)
         except DataError:
             return False
+        # Subjects skipped before the run count in the header's "skipped", those skipped
+        # during it in "subjects" and "patches".
+        planned = int(self.header.get("subjects", 0)) + len(self.header.get("skipped") or ())
+        patches = int(self.header.get("patches", 0))
         return (
             output.fingerprint == self.header.get("fingerprint")
-            and output.num_patches == self.header.get("patches")
-            and len(output.subjects) == self.header.get("subjects")
+            and len(output.subjects) + len(output.skipped) == planned
+            and (output.num_patches <= patches if output.skipped else output.num_patches == patches)
         )
 
     def _complete_subjects(self) -> int | None:
@@ -164,12 +169,16 @@ class PartialOutput:
                 f"{self.temporary}: written by a run with another configuration or manifest "
                 "(its fingerprint differs); start again with --overwrite"
             )
-        for key in ("format", "subjects", "patches"):
-            if header.get(key) != self.header.get(key):
+        for key in ("format", "skipped", "subjects", "patches"):
+            # (Journals of runs that skipped nothing before starting may lack "skipped".)
+            theirs, ours = header.get(key), self.header.get(key)
+            if key == "skipped":
+                theirs, ours = theirs or [], ours or []
+            if theirs != ours:
+                what = "skipped manifest rows" if key == "skipped" else key
                 raise DataError(
-                    f"{self.temporary}: its run had {key} {header.get(key)!r}, this one "
-                    f"{self.header.get(key)!r} (did the inputs change?); start again with "
-                    "--overwrite"
+                    f"{self.temporary}: its run had {what} {theirs!r}, this one {ours!r} (did "
+                    "the inputs change?); start again with --overwrite"
                 )
         return records
 
@@ -249,6 +258,7 @@ def _remove(path: Path) -> None:
     elif path.exists() or path.is_symlink():
         path.unlink()
     journal_path(path).unlink(missing_ok=True)
+    compacting_path(path).unlink(missing_ok=True)
 
 
 __all__ = ["KeptPartial", "PartialOutput", "PartialUnusable"]

@@ -32,10 +32,19 @@ import numpy as np
 from ..errors import DataError
 from ..shards import Shard
 from .atomic import FOLDER_MARKER
-from .hdf5 import FORMAT_NAME, FORMAT_VERSION, decode_strings, open_hdf5, read_subjects
-from .writer import SubjectRecord
+from .hdf5 import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    decode_strings,
+    open_hdf5,
+    read_skipped,
+    read_subjects,
+)
+from .writer import SkippedSubject, SubjectRecord
 
 CSV_NAME = "patches.csv"
+#: How a user accepts a file that reads from outside its folder.
+_ALLOW = "refused unless allowed: --allow-external, or allow_external=True"
 #: Root attributes copied into :attr:`PatchOutput.attributes` (when present).
 _ATTRIBUTES = (
     "patchcli_version",
@@ -95,6 +104,8 @@ class PatchOutput:
     parts : list of Part
         HDF5 only: the files the patches are read from (the file itself, or
         the shards of a merge).
+    skipped : list of SkippedSubject
+        Subjects of the run left out by ``on_error: skip``, in manifest order.
     """
 
     path: Path
@@ -111,6 +122,7 @@ class PatchOutput:
     dtypes: dict[str, np.dtype] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
     parts: list[Part] = field(default_factory=list)
+    skipped: list[SkippedSubject] = field(default_factory=list)
     # NIfTI only: image name -> (N,) array of file paths relative to the folder. A
     # numpy array rather than a list of str: forked workers touching the refcounts
     # of millions of small objects would copy them page by page.
@@ -275,19 +287,21 @@ class _OpenFile:
         """``(file descriptor, byte offset)`` of a dataset stored contiguously and
         unfiltered in a plain file, which a reader may read with ``pread``; else None."""
         if name not in self.plains:
-            from h5py import h5d
+            from h5py import h5d, h5fd, h5i
 
             dataset = self.dataset(name)
             dcpl = dataset.get_create_plist()
             offset = dataset.get_offset()
+            # The file that stores it: another one when /patches/<name> is an external link.
+            stored_in = h5i.get_file_id(dataset)
             plain = (
-                self.file.driver == "sec2"
+                stored_in.get_access_plist().get_driver() == h5fd.SEC2
                 and dcpl.get_layout() == h5d.CONTIGUOUS
                 and dcpl.get_nfilters() == 0
                 and offset is not None
                 and dataset.dtype.isnative
             )
-            self.plains[name] = (self.file.id.get_vfd_handle(), offset) if plain else None
+            self.plains[name] = (stored_in.get_vfd_handle(), offset) if plain else None
         return self.plains[name]
 
     def close(self) -> None:
@@ -461,6 +475,7 @@ def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
         version = check_format(found, attributes.get("format_version"), path)
         plain = {key: _plain(attributes[key]) for key in _ATTRIBUTES if key in attributes}
         subjects = read_subjects(file, path)
+        skipped = read_skipped(file, path)
         try:
             images = decode_strings(attributes["images"])
             image_types = decode_strings(attributes["image_types"])
@@ -521,6 +536,7 @@ def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
         dtypes=dtypes,
         attributes=plain,
         parts=parts,
+        skipped=skipped,
     )
 
 
@@ -541,7 +557,7 @@ def _check_link(file, name: str, path: Path, allow_external: bool) -> None:
         if not allow_external and not _inside(target, path.parent):
             raise DataError(
                 f"{path}: /{name} is an external link to {target}, outside the file's folder "
-                "(refused unless external sources are allowed)"
+                f"({_ALLOW})"
             )
         if not (path.parent / target).is_file():
             raise DataError(f"{path}: /{name} links to {target}, which does not exist")
@@ -554,8 +570,7 @@ def _check_virtual_sources(dataset, name: str, path: Path, allow_external: bool)
             continue
         if not allow_external and not _inside(target, path.parent):
             raise DataError(
-                f"{path}: /patches/{name} reads from {target}, outside the file's folder "
-                "(refused unless external sources are allowed)"
+                f"{path}: /patches/{name} reads from {target}, outside the file's folder ({_ALLOW})"
             )
         if not (path.parent / target).is_file():
             raise DataError(
@@ -576,10 +591,7 @@ def _merge_parts(file, path: Path, rows: int, allow_external: bool) -> list[Part
     expected_start = 0
     for name, start, count in zip(names, starts.tolist(), counts.tolist(), strict=True):
         if not allow_external and not _inside(name, path.parent):
-            raise DataError(
-                f"{path}: merged from {name}, outside the file's folder (refused unless "
-                "external sources are allowed)"
-            )
+            raise DataError(f"{path}: merged from {name}, outside the file's folder ({_ALLOW})")
         if start != expected_start:
             raise DataError(f"{path}: /shards rows are not contiguous at {name}")
         expected_start += count
@@ -674,7 +686,15 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
                     manifest_row=None if manifest_row is None else int(manifest_row),
                 )
             )
-    except (KeyError, TypeError, ValueError) as error:
+        skipped = [
+            SkippedSubject(
+                str(row["id"]),
+                None if row.get("manifest_row") is None else int(row["manifest_row"]),
+                str(row.get("reason", "")),
+            )
+            for row in metadata.get("skipped_subjects") or []
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise DataError(f"{metadata_path}: invalid subjects entry ({error})") from None
     for subject in subjects:
         for name in images:
@@ -694,6 +714,7 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
         channels=channels,
         dtypes=dtypes,
         attributes=attributes,
+        skipped=skipped,
         nifti_files={name: np.array(paths, dtype=str) for name, paths in files.items()},
     )
 

@@ -32,7 +32,11 @@ _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _libc = None
 
 
-class DiskFull(DataError):
+class WriteFailed(DataError):
+    """The output could not be written (never the fault of one subject)."""
+
+
+class DiskFull(WriteFailed):
     """No space left for the output (a full disk or a quota)."""
 
 
@@ -119,7 +123,7 @@ def _full(code: int) -> str:
     return "over the disk quota" if code == errno.EDQUOT else "no space left on the device"
 
 
-def write_error(path: Path, error: OSError) -> DataError:
+def write_error(path: Path, error: OSError) -> WriteFailed:
     """A one-line error naming ``path`` for a failed write: :class:`DiskFull` when it is."""
     from ..units import format_bytes
 
@@ -129,7 +133,7 @@ def write_error(path: Path, error: OSError) -> DataError:
         except OSError:
             free = ""
         return DiskFull(f"{path}: {_full(error.errno)}{free}")
-    return DataError(f"{path}: cannot write ({error.strerror or error})")
+    return WriteFailed(f"{path}: cannot write ({error.strerror or error})")
 
 
 __all__ = [
@@ -139,5 +143,6 @@ __all__ = [
     "is_disk_full",
     "release",
     "reserve",
+    "WriteFailed",
     "write_error",
 ]

@@ -3,13 +3,14 @@
 A run calls ``begin_subject`` once per subject, then ``write_block`` for each
 block of that subject's patches, ``flush`` once the subject is complete (a
 checkpoint a resumed run can start from), and finally ``close`` (or ``abort``
-on error).
+on error). With ``on_error: skip``, a subject that fails is given up with
+``skip_subject``: its rows are dropped when the output is closed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,11 +29,33 @@ class SubjectRecord:
     manifest_row: int | None = None
 
 
+@dataclass(frozen=True)
+class SkippedSubject:
+    """A subject left out of an output by ``on_error: skip``, and why."""
+
+    id: str
+    manifest_row: int | None
+    reason: str
+
+
 class PatchWriter:
-    """Base class of the HDF5 and NIfTI writers: keeps the subjects table."""
+    """Base class of the HDF5 and NIfTI writers: keeps the subjects table.
+
+    Attributes
+    ----------
+    subjects : list of SubjectRecord
+        The subjects written (or being written), in order.
+    skipped : list of SkippedSubject
+        Subjects left out, recorded in the output when it is closed.
+    holes : list of (int, int)
+        ``(first row, count)`` of the rows that skipped subjects would have
+        filled; the output is compacted over them when it is closed.
+    """
 
     def __init__(self) -> None:
         self.subjects: list[SubjectRecord] = []
+        self.skipped: list[SkippedSubject] = []
+        self.holes: list[tuple[int, int]] = []
 
     @property
     def current(self) -> SubjectRecord:
@@ -62,6 +85,29 @@ class PatchWriter:
                 manifest_row=None if manifest_row is None else int(manifest_row),
             )
         )
+
+    def skip_subject(self, skipped: SkippedSubject, patch_start: int, patch_count: int) -> None:
+        """Give up a subject whose rows are ``[patch_start, patch_start + patch_count)``,
+        begun or not: it is dropped from the subjects and its rows from the output."""
+        if self.subjects and (self.current.id, self.current.patch_start) == (
+            skipped.id,
+            patch_start,
+        ):
+            self.subjects.pop()
+        self.skipped.append(skipped)
+        if patch_count:
+            self.holes.append((int(patch_start), int(patch_count)))
+
+    def compacted_subjects(self) -> list[SubjectRecord]:
+        """The subjects with the rows they have once the holes are closed."""
+        compacted, start = [], 0
+        for record in self.subjects:
+            compacted.append(replace(record, patch_start=start))
+            start += record.patch_count
+        return compacted
+
+    def skipped_in_manifest_order(self) -> list[SkippedSubject]:
+        return sorted(self.skipped, key=lambda s: -1 if s.manifest_row is None else s.manifest_row)
 
     def write_block(
         self,
