@@ -180,7 +180,7 @@ def plan_submission(
     config = load_config(config_path, {**(overrides or {}), "shard": None})
     config = config.model_copy(update={"shard": None, "workers": "auto"})
     whole = plan_extraction(config, command)  # every header, as a run checks them
-    Shard(0, shards).rows(len(whole.subjects))  # no more shards than subjects
+    Shard(0, shards).rows(whole.total_subjects)  # no more shards than subjects
     output = whole.output_path.resolve()
     plan = SubmitPlan(
         command=command,

@@ -135,9 +135,7 @@ def format_dry_run(result: DryRun, sampler: str) -> str:
         subjects += f" (shard {shard.index} of {shard.count}, of {plan.total_subjects} in all)"
     lines.append(f"  subjects: {subjects}")
     for skipped in plan.skipped:
-        lines.append(
-            f"  skipped {skipped.id!r} (manifest row {skipped.manifest_row}): {skipped.reason}"
-        )
+        lines.append(f"  skipped {skipped.describe()}")
     counts = list(plan.counts) or [0]
     lines.append(f"  patches: {plan.total_patches} ({min(counts)} to {max(counts)} a subject)")
     lines.append(f"  output: {plan.output_path} ({plan.output_format})")

@@ -20,5 +20,11 @@ class DataError(PatchcliError):
     """An image, manifest or patch file that cannot be used as asked."""
 
 
+class SystemFault(DataError):
+    """A failure of the machine or its file systems (memory, open files, a stale NFS
+    handle, an I/O error, a full disk), not of one subject's data: ``on_error: skip``
+    never skips a subject for it."""
+
+
 class PatchcliWarning(UserWarning):
     """Something suspicious in the input that does not stop the run."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,13 +32,12 @@ import yaml
 
 from . import __version__
 from .config import Config
-from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning
+from .errors import ConfigError, DataError, PatchcliError, PatchcliWarning, SystemFault
 from .fingerprint import config_fingerprint
 from .io.atomic import size_on_disk
 from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
 from .io.partial import PartialOutput, PartialUnusable
-from .io.space import WriteFailed
 from .io.writer import SkippedSubject, SubjectRecord
 from .pipeline import Pipeline, SubjectTask
 from .progress import progress_bar
@@ -211,31 +211,43 @@ def plan_extraction(
             raise ConfigError("num_patches is required (or a num_samples column)")
     skip = config.on_error == "skip"
     skipped: list[SkippedSubject] = []
-    kept: list[SubjectSpec] = []
-    counts: list[int] = []
-    channels: dict[str, int] = {}
-    dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
     missing = _check_all_exist(specs, config.subjects, fail=not skip)
+    readable: list[tuple[SubjectSpec, dict]] = []
     for spec in specs:
         try:
             if spec.id in missing:
                 raise DataError(missing[spec.id])
-            count, headers = _plan_subject(spec, settings, config, channels)
+            readable.append((spec, read_subject_headers(spec, settings.reader, settings.tolerance)))
         except DataError as error:
             if not skip:
                 raise
-            skipped.append(SkippedSubject(spec.id, spec.index, str(error)))
+            skipped.append(SkippedSubject(spec.id, spec.index, str(error), "plan"))
+    # Every subject must have the channels of the first one; when skipping, of most of them
+    # (one odd subject first must not make all the others odd).
+    channels = {
+        name: Counter(headers[name].channels for _, headers in readable).most_common(1)[0][0]
+        if skip
+        else readable[0][1][name].channels
+        for name in config.images
+        if readable
+    }
+    kept: list[SubjectSpec] = []
+    counts: list[int] = []
+    dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
+    for spec, headers in readable:
+        try:
+            counts.append(_plan_subject(spec, headers, settings, config, channels))
+        except DataError as error:
+            if not skip:
+                raise
+            skipped.append(SkippedSubject(spec.id, spec.index, str(error), "plan"))
             continue
-        for name, header in headers.items():
-            channels.setdefault(name, header.channels)
-            dtypes[name].append(header.dtype)
         kept.append(spec)
-        counts.append(count)
+        for name, header in headers.items():
+            dtypes[name].append(header.dtype)
+    skipped.sort(key=lambda subject: subject.manifest_row)
     if not kept and skipped:
-        raise DataError(
-            f"{config.subjects if isinstance(config.subjects, Path) else 'the manifest'}: every "
-            f"subject failed ({len(skipped)}), e.g. {skipped[0].reason}"
-        )
+        raise every_subject_failed(config, skipped)
     images = {}
     for name, spec in config.images.items():
         if spec.type == "intensity" and config.output.dtype is not None:
@@ -266,28 +278,38 @@ def plan_extraction(
 
 
 def _plan_subject(
-    spec: SubjectSpec, settings: SamplingSettings, config: Config, channels: Mapping[str, int]
-) -> tuple[int, dict]:
-    """A subject's patch count and headers; DataError naming the file for anything that
-    would fail later (unreadable headers, shapes, channels unlike earlier subjects')."""
-    headers = read_subject_headers(spec, settings.reader, settings.tolerance)
+    spec: SubjectSpec,
+    headers: Mapping,
+    settings: SamplingSettings,
+    config: Config,
+    channels: Mapping[str, int],
+) -> int:
+    """A subject's patch count; DataError naming the file for anything that would fail
+    later (a patch larger than the volume, channels unlike the other subjects')."""
     first = next(iter(headers.values()))
     shape = tuple(int(n) for n in first.spatial_shape)
     for name, header in headers.items():
-        expected = channels.get(name, header.channels)
-        if header.channels != expected:
+        if header.channels != channels[name]:
             raise DataError(
                 f"{header.path}: subject {spec.id!r} image {name!r} has {header.channels} "
-                f"channels where earlier subjects have {expected}"
+                f"channels where other subjects have {channels[name]}"
             )
     try:
         if settings.sampler == "grid":
             padded = tuple(np.add(shape, np.multiply(settings.padding, 2)))
-            return count_grid_patches(padded, settings.patch_size, settings.patch_overlap), headers
+            return count_grid_patches(padded, settings.patch_size, settings.patch_overlap)
         check_patch_fits(settings.patch_size, shape)
-        return int(spec.num_samples or config.num_patches), headers
+        return int(spec.num_samples or config.num_patches)
     except DataError as error:
         raise DataError(f"{first.path}: subject {spec.id!r}: {error}") from None
+
+
+def every_subject_failed(config: Config, skipped: list[SkippedSubject]) -> DataError:
+    """The error of a run (or shard) that ``on_error: skip`` would leave empty."""
+    where = config.subjects if isinstance(config.subjects, Path) else "the manifest"
+    return DataError(
+        f"{where}: every subject failed ({len(skipped)}), e.g. {skipped[0].describe()}"
+    )
 
 
 def _check_all_exist(specs: list[SubjectSpec], manifest, fail: bool = True) -> dict[str, str]:
@@ -532,24 +554,19 @@ def extract(
         "subjects": len(plan.subjects),
         "patches": plan.total_patches,
         "skipped": [skipped.manifest_row for skipped in plan.skipped],
+        "on_error": plan.config.on_error,
     }
     folder = plan.output_format == "nifti"
     with PartialOutput(
         path, header, folder=folder, overwrite=overwrite, resume=resume, kind=FORMAT_NAME
     ) as output:
-        if output.complete:
-            from .io.reader import read_patch_output
-
-            complete = read_patch_output(path)
-            return ExtractionSummary(
-                path,
-                len(complete.subjects),
-                complete.num_patches,
-                size_on_disk(path),
-                time.perf_counter() - started,
-                already_complete=True,
-                skipped=tuple(complete.skipped),
-            )
+        if output.complete or output.closed:
+            if output.closed:  # complete, but stopped before its rename
+                output.continue_partial()
+                output.commit()
+            return _summary_of(path, started, already_complete=output.complete)
+        for skipped in plan.skipped:
+            warnings.warn(f"skipped subject {skipped.describe()}", PatchcliWarning, stacklevel=2)
         if space_check:
             _check_space(plan, output)
         block_patches = patches_per_block(plan)
@@ -563,6 +580,10 @@ def extract(
                     _write_subjects(
                         plan, writer, output, pipeline, block_patches, signals, progress
                     )
+                    if not writer.subjects and writer.skipped:
+                        writer.abort()
+                        output.discard()
+                        raise every_subject_failed(config, writer.skipped_in_manifest_order())
                     writer.close()
                 except BaseException:
                     writer.abort()
@@ -576,6 +597,23 @@ def extract(
         time.perf_counter() - started,
         resumed=resumed,
         skipped=tuple(writer.skipped_in_manifest_order()),
+    )
+
+
+def _summary_of(path: Path, started: float, already_complete: bool) -> ExtractionSummary:
+    """The summary of an output found complete (``resume``)."""
+    from .io.reader import read_patch_output
+
+    complete = read_patch_output(path)
+    return ExtractionSummary(
+        path,
+        len(complete.subjects),
+        complete.num_patches,
+        size_on_disk(path),
+        time.perf_counter() - started,
+        resumed=0 if already_complete else len(complete.subjects),
+        already_complete=already_complete,
+        skipped=tuple(complete.skipped),
     )
 
 
@@ -608,11 +646,10 @@ def _open_writer(plan: ExtractionPlan, output: PartialOutput):
             writer.skipped = list(plan.skipped)
             for record in output.resumed:
                 if "skipped" in record:
-                    skipped = SkippedSubject(
-                        str(record["id"]), int(record["manifest_row"]), str(record["skipped"])
-                    )
                     writer.skip_subject(
-                        skipped, int(record["patch_start"]), int(record["patch_count"])
+                        _skip_from_json(record),
+                        int(record["patch_start"]),
+                        int(record["patch_count"]),
                     )
             return writer
     if plan.output_format == "nifti":
@@ -669,11 +706,21 @@ def _skip_json(skipped: SkippedSubject, start: int, count: int, csv_offset: int 
     return data
 
 
+def _skip_from_json(data: Mapping) -> SkippedSubject:
+    return SkippedSubject(str(data["id"]), int(data["manifest_row"]), str(data["skipped"]), "run")
+
+
 def _check_resumed(plan: ExtractionPlan, done: list[Mapping], partial: Path) -> None:
     """The resumed subjects (complete or skipped) must be the first ones of this run, with
     the same patch rows."""
     if len(done) > len(plan.subjects):
         raise DataError(f"{partial}: holds more subjects than this run has; use --overwrite")
+    skipped = [record["id"] for record in done if "skipped" in record]
+    if skipped and plan.config.on_error != "skip":
+        raise DataError(
+            f"{partial}: its run skipped subjects ({', '.join(map(repr, skipped[:3]))}) with "
+            "on_error: skip; resume with --on-error skip, or start again with --overwrite"
+        )
     start = 0
     for number, (record, spec, count) in enumerate(zip(done, plan.subjects, plan.counts)):
         expected = (spec.id, spec.index, start, count)
@@ -757,12 +804,12 @@ def _write_subjects(
             try:
                 _write_subject(writer, spec, row, messages, bar, signals.check)
             except DataError as error:
-                if plan.config.on_error != "skip" or isinstance(error, WriteFailed):
+                if plan.config.on_error != "skip" or isinstance(error, SystemFault):
                     raise
-                skipped = SkippedSubject(spec.id, spec.index, str(error))
+                skipped = SkippedSubject(spec.id, spec.index, str(error), "run")
                 writer.skip_subject(skipped, row, count)
                 warnings.warn(
-                    f"skipped subject {spec.id!r}: {error}", PatchcliWarning, stacklevel=2
+                    f"skipped subject {skipped.describe()}", PatchcliWarning, stacklevel=2
                 )
                 bar.update(starts[number + 1] - bar.n)
                 output.checkpoint(_skip_json(skipped, row, count, writer.flush()))

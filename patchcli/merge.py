@@ -301,6 +301,11 @@ def _check_rows(output: Path, ordered: list[PatchOutput]) -> None:
     for shard in ordered:
         for skipped in shard.skipped:
             if skipped.manifest_row is not None:
+                if total is not None and not 0 <= skipped.manifest_row < int(total):
+                    raise DataError(
+                        f"{shard.path}: skipped subject {skipped.id!r} has manifest row "
+                        f"{skipped.manifest_row}, outside the manifest's {total} subjects"
+                    )
                 if skipped.manifest_row in seen:
                     raise DataError(
                         f"{output}: manifest row {skipped.manifest_row} (subject "
@@ -462,6 +467,7 @@ def _filters(dataset) -> list:
 
 def _copy_rows(shard: PatchOutput, name: str, target, start: int, bar) -> None:
     """Copy one shard's patches of ``name`` into rows ``start...`` of ``target``."""
+    from .io.compact import copy_chunks
     from .io.hdf5 import open_hdf5
 
     count = shard.num_patches
@@ -474,12 +480,8 @@ def _copy_rows(shard: PatchOutput, name: str, target, start: int, bar) -> None:
             and source.chunks == target.chunks
             and _filters(source) == _filters(target)
         ):
-            # As stored: no decompression and recompression (one chunk is one patch).
-            zero = (0,) * (source.ndim - 1)
-            for row in range(count):
-                mask, data = source.id.read_direct_chunk((row, *zero))
-                target.id.write_direct_chunk((start + row, *zero), data, mask)
-                bar.update(1)
+            copy_chunks(source, target, 0, count, start)  # as stored, not recompressed
+            bar.update(count)
             return
         patch_bytes = int(np.prod(source.shape[1:])) * target.dtype.itemsize
         block = max(1, min(count, BLOCK_BYTES // max(1, patch_bytes)))

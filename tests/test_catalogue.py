@@ -462,7 +462,7 @@ def test_sources_outside_the_folder_are_refused_unless_allowed(
         read_patch_output(pointing)
     message = str(caught.value)
     assert message.startswith(f"{pointing}: /patches/t1 ") and "\n" not in message
-    assert "outside the file's folder (refused unless allowed: --allow-external" in message
+    assert "outside the file's folder (refused unless allowed: allow_external=True" in message
 
     allowed = read_patch_output(pointing, allow_external=True)
     expected = read_patch_output(real)

@@ -261,3 +261,11 @@ def test_a_task_cancelled_with_sigterm_resumes_when_submitted_again(tmp_path, sl
     assert "resumed)" in log.splitlines()[-1]
     reference = _reference(config, tmp_path, "uniform")
     assert_same_output(tmp_path / "out" / "patches.h5", reference, merged=True)
+
+
+def test_a_skipped_subject_still_counts_when_splitting_into_shards(tmp_path):
+    # Shards split the whole manifest, skipped subjects included.
+    config = _setup(tmp_path)
+    (tmp_path / "data" / "s2_t1.nii.gz").unlink()
+    plan = cluster.plan_submission("weighted", config, 5, overrides={"on_error": "skip"})
+    assert plan.shards == 5

@@ -6,6 +6,7 @@ import shutil
 import warnings
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -101,8 +102,12 @@ def test_bad_subjects_are_skipped_and_the_others_are_unchanged(
     assert summary.skipped[0].reason == f"{bad.parent / 's1_seg.nii.gz'}: file not found"
     assert summary.skipped[1].reason.startswith(f"{bad.parent / 's3_t1.nii.gz'}: cannot read")
     assert (summary.subjects, summary.patches) == (3, 18)
-    # The subject found bad during the run is named as it is skipped.
-    assert any(m.startswith("skipped subject 's3': ") for m in messages)
+    # Each is named as it is found: s1 before the run, s3 when its worker reads it.
+    assert [m.split(":")[0] for m in messages] == [
+        "skipped subject 's1' (manifest row 1)",
+        "skipped subject 's3' (manifest row 3)",
+    ]
+    assert [s.stage for s in summary.skipped] == ["plan", "run"]
 
     output = read_patch_output(summary.path)
     assert [s.id for s in output.subjects] == ["s0", "s2", "s4"]
@@ -131,12 +136,14 @@ def test_fail_is_the_default(tmp_path, bad):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_subject_failing_after_its_first_blocks_leaves_no_trace(tmp_path, good, monkeypatch):
-    """A worker that fails mid-subject has handed blocks over already (through its shared
-    region, whose last acknowledgement it never reads); what follows on that slot is intact."""
-    reference = extract(
-        _config(tmp_path, good, "ref", compression="lz4", num_patches=15), "uniform"
-    )
+@pytest.mark.parametrize("fmt, compression", [("hdf5", "lz4"), ("hdf5", "none"), ("nifti", "none")])
+def test_a_subject_failing_after_its_first_blocks_leaves_no_trace(
+    tmp_path, good, monkeypatch, fmt, compression
+):
+    """A subject that fails mid-way has had blocks written (patches in place, chunks,
+    NIfTI files and rows of patches.csv): none of them stays, and the rest is intact."""
+    settings = dict(fmt=fmt, compression=compression, num_patches=15)
+    reference = extract(_config(tmp_path, good, "ref", **settings), "uniform")
     crop = pipeline.crop_block
     blocks: dict[int, int] = {}
 
@@ -150,15 +157,44 @@ def test_a_subject_failing_after_its_first_blocks_leaves_no_trace(tmp_path, good
 
     # Set before the run forks its workers, which inherit it.
     monkeypatch.setattr(pipeline, "crop_block", crop_or_fail)
-    config = _config(tmp_path, good, "out", compression="lz4", on_error="skip", num_patches=15)
-    summary, _ = _skip(config)
+    summary, _ = _skip(_config(tmp_path, good, "out", on_error="skip", **settings))
     assert [(s.id, s.reason) for s in summary.skipped] == [
         ("s1", "s1: damaged past its first block")
     ]
     expected = _by_subject(reference.path)
-    for subject, (locations, patches) in _by_subject(summary.path).items():
+    found = _by_subject(summary.path)
+    assert list(found) == ["s0", "s2", "s3", "s4"]
+    for subject, (locations, patches) in found.items():
         np.testing.assert_array_equal(locations, expected[subject][0])
         np.testing.assert_array_equal(patches, expected[subject][1])
+    if fmt == "nifti":
+        assert not (summary.path / "s1").exists()
+        assert "s1," not in (summary.path / "patches.csv").read_text()
+
+
+def test_every_subject_failing_during_the_run_is_an_error(tmp_path, good, monkeypatch):
+    def fail(volumes, corners, buffers):
+        raise DataError("damaged")
+
+    monkeypatch.setattr(pipeline, "crop_block", fail)
+    config = _config(tmp_path, good, "out.h5", on_error="skip")
+    with pytest.raises(DataError, match=r"every subject failed \(5\), e\.g\. 's0'"):
+        _skip(config)
+    # Nothing is kept: neither an output nor a .partial to resume.
+    assert not any(p.name.startswith("out.h5") and p.suffix != ".yaml" for p in tmp_path.iterdir())
+
+
+def test_channels_are_those_of_most_subjects(tmp_path, good):
+    """The first subject odd (two channels): it is the one skipped, not all the others."""
+    folder = tmp_path / "inputs"
+    shutil.copytree(good.parent, folder)
+    t1 = nib.load(folder / "s0_t1.nii.gz")
+    data = np.stack([np.asanyarray(t1.dataobj)] * 2, axis=-1)
+    nib.save(nib.Nifti1Image(data, t1.affine), folder / "s0_t1.nii.gz")
+    summary, _ = _skip(_config(tmp_path, folder / "subjects.csv", "out", on_error="skip"))
+    assert [s.id for s in summary.skipped] == ["s0"]
+    assert "has 2 channels where other subjects have 1" in summary.skipped[0].reason
+    assert summary.subjects == 4
 
 
 def test_a_run_stopped_after_a_skip_resumes_to_the_same_output(tmp_path, bad, monkeypatch):
@@ -176,9 +212,13 @@ def test_a_run_stopped_after_a_skip_resumes_to_the_same_output(tmp_path, bad, mo
         _skip(config)
     assert caught.value.kept_partial.done == 3  # s0, s2, and s3 skipped
     monkeypatch.setattr(PartialOutput, "checkpoint", checkpoint)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PatchcliWarning)  # s3 is not tried again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PatchcliWarning)
         resumed = extract(config, "uniform", resume=True)
+    # s1 is found missing again before the run; s3 is not tried again.
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        "skipped subject 's1' (manifest row 1)"
+    ]
     assert resumed.resumed == 2
     assert [s.id for s in resumed.skipped] == ["s1", "s3"]
     assert_same_output(whole.path, resumed.path)
@@ -248,7 +288,8 @@ def test_the_command_line_lists_what_it_skipped(tmp_path, bad):
     assert f"  skipped 's1' (manifest row 1): {bad.parent / 's1_seg.nii.gz'}: file not found" in (
         result.output
     )
-    assert "warning: skipped subject 's3': " in result.output  # stderr, mixed in by CliRunner
+    # stderr, mixed in by CliRunner
+    assert "warning: skipped subject 's3' (manifest row 3): " in result.output
     dry = runner.invoke(
         main, ["uniform", str(config), "--output", str(output), "--dry-run", "--on-error", "skip"]
     )
@@ -258,3 +299,63 @@ def test_the_command_line_lists_what_it_skipped(tmp_path, bad):
     info = runner.invoke(main, ["info", str(output)])
     assert "skipped (on_error: skip): 2 subjects" in info.output
     assert "s3" in info.output.split("skipped (on_error: skip)")[1]
+
+
+def test_a_run_stopped_between_its_last_copy_and_its_rename_is_not_redone(
+    tmp_path, bad, monkeypatch
+):
+    whole, _ = _skip(_config(tmp_path, bad, "whole", on_error="skip", workers=0))
+    commit = PartialOutput.commit
+
+    def stop_before_the_rename(self):
+        raise Interrupted(15)
+
+    monkeypatch.setattr(PartialOutput, "commit", stop_before_the_rename)
+    config = _config(tmp_path, bad, "stopped", on_error="skip", workers=0)
+    with pytest.raises(Interrupted):
+        _skip(config)
+    monkeypatch.setattr(PartialOutput, "commit", commit)
+    # The .partial is the compacted, closed output: it is renamed, not made again.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not "cannot be continued; starting again"
+        resumed = extract(config, "uniform", resume=True)
+    assert resumed.resumed == 3 and not resumed.already_complete
+    assert_same_output(whole.path, resumed.path)
+
+
+def test_a_run_that_skipped_subjects_resumes_only_with_skip(tmp_path, good, monkeypatch):
+    folder = tmp_path / "inputs"
+    shutil.copytree(good.parent, folder)
+    data = (folder / "s3_t1.nii.gz").read_bytes()
+    (folder / "s3_t1.nii.gz").write_bytes(data[: len(data) // 2])  # found by its worker
+    checkpoint = PartialOutput.checkpoint
+
+    def stop_after_the_skip(self, record):
+        checkpoint(self, record)
+        if "skipped" in record:
+            raise Interrupted(15)
+
+    monkeypatch.setattr(PartialOutput, "checkpoint", stop_after_the_skip)
+    manifest = folder / "subjects.csv"
+    with pytest.raises(Interrupted):
+        _skip(_config(tmp_path, manifest, "out", on_error="skip", workers=0))
+    monkeypatch.setattr(PartialOutput, "checkpoint", checkpoint)
+    fail = _config(tmp_path, manifest, "out", workers=0)
+    with pytest.raises(DataError, match=r"skipped subjects \('s3'\) with on_error: skip; resume"):
+        extract(fail, "uniform", resume=True)
+
+
+def test_a_system_fault_is_never_skipped(tmp_path, good, monkeypatch):
+    from patchcli.errors import SystemFault
+    from patchcli.io.volumes import _read_error
+
+    assert isinstance(_read_error(good, "cannot read image", OSError(5, "I/O")), SystemFault)
+    assert isinstance(_read_error(good, "cannot read image", MemoryError()), SystemFault)
+    assert not isinstance(_read_error(good, "cannot read image", ValueError("bad")), SystemFault)
+
+    def stale(volumes, corners, buffers):
+        raise SystemFault("s0_t1.nii.gz: cannot read image (Stale file handle)")
+
+    monkeypatch.setattr(pipeline, "crop_block", stale)
+    with pytest.raises(SystemFault, match="Stale file handle"):
+        _skip(_config(tmp_path, good, "out", on_error="skip"))

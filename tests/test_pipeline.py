@@ -149,3 +149,44 @@ def test_a_worker_error_stops_the_run_naming_the_file(tmp_path, manifest, compre
     with pytest.raises(DataError, match=r"s2_t1\.nii\.gz") as caught:
         extract(config, "uniform")
     assert caught.value.kept_partial.done == 2
+
+
+def test_a_worker_drops_an_acknowledgement_left_by_a_failed_subject(tmp_path, manifest):
+    """The last block of a subject that failed was acknowledged after its worker gave up;
+    the next subject on that slot must not take that for the acknowledgement of its own
+    first block, and overwrite the shared region while the writer still reads it."""
+    import mmap
+    import threading
+    from multiprocessing import Pipe
+
+    from patchcli import pipeline
+    from patchcli.extract import patches_per_block, plan_extraction
+
+    plan = plan_extraction(_config(tmp_path, manifest, "unused", workers=0), "uniform")
+    block = patches_per_block(plan)
+    writer_end, worker_end = Pipe(duplex=True)
+    region = mmap.mmap(-1, block * plan.patch_bytes + 2**20)
+    pipeline._keep_slots([worker_end], [region])
+    writer_end.send(True)  # the stale acknowledgement
+    task = pipeline.SubjectTask(plan.subjects[0], plan.counts[0], 0)
+    worker = threading.Thread(
+        target=pipeline._run_in_worker,
+        args=(0, plan.settings, task, pipeline.Arrays(), block),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        assert isinstance(writer_end.recv(), pipeline.SubjectStart)
+        first = writer_end.recv()
+        assert isinstance(first.payload, pipeline._Shared)  # in the region, not yet read
+        # Until this block is acknowledged, the worker must wait, not send the next one.
+        assert not writer_end.poll(0.5)
+        while True:  # the writer's side: acknowledge each block once read
+            writer_end.send(True)
+            message = writer_end.recv()
+            if message is None:
+                break
+    finally:
+        worker.join(10)
+        pipeline._keep_slots([], [])
+    assert not worker.is_alive()

@@ -128,14 +128,21 @@ HELP = {
 }
 
 
+#: Skipped subjects listed in a run's summary (``patchcli info --json`` lists them all).
+SHOWN_SKIPPED = 20
+
+
 def summary_text(result) -> str:
     """The last line of a run: what was written, where, how fast."""
     from ..units import count, format_bytes
 
     what = f"{count(result.patches, 'patch')} from {count(result.subjects, 'subject')}"
-    skipped = "".join(
-        f"\n  skipped {s.id!r} (manifest row {s.manifest_row}): {s.reason}" for s in result.skipped
-    )
+    skipped = "".join(f"\n  skipped {s.describe()}" for s in result.skipped[:SHOWN_SKIPPED])
+    if len(result.skipped) > SHOWN_SKIPPED:
+        skipped += (
+            f"\n  ... {len(result.skipped) - SHOWN_SKIPPED} more (patchcli info {result.path} "
+            "--json lists them all)"
+        )
     if skipped:
         what += f", {count(len(result.skipped), 'subject')} skipped"
     if result.already_complete:

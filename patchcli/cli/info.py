@@ -103,10 +103,14 @@ def format_description(description: dict, show_config: bool = False) -> str:
         lines.append(f"    {subject['id']:<16} {row!s:>6} {subject['patches']:>8}")
     skipped = description.get("skipped_subjects") or []
     if skipped:
-        lines.append(f"  skipped (on_error: skip): {count(len(skipped), 'subject')}")
+        lines.append(
+            f"  skipped (on_error: skip): {count(len(skipped), 'subject')} (id, manifest row, "
+            "found before the run or during it, reason)"
+        )
         for subject in skipped[:20]:
             row = "-" if subject["manifest_row"] is None else subject["manifest_row"]
-            lines.append(f"    {subject['id']:<16} {row!s:>6}  {subject['reason']}")
+            stage = "before" if subject["stage"] == "plan" else "during"
+            lines.append(f"    {subject['id']:<16} {row!s:>6} {stage:>6}  {subject['reason']}")
         if len(skipped) > 20:
             lines.append(f"    ... {len(skipped) - 20} more (--json lists them all)")
     lines += [f"  note: {note}" for note in description["notes"]]

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .space import ensure_space
+from .space import ensure_space, extend_to_allocated, write_error
 
 #: Bytes copied at once where the kernel cannot copy between files itself.
 _COPY_BYTES = 16 * 2**20
@@ -80,11 +80,8 @@ def compact_rows(
             file.create_dataset(
                 name, (total, *dataset.shape[1:]), dataset.dtype, dcpl=dataset.id.get_create_plist()
             )
-        # Contiguous datasets are written through the descriptor: the file must be as
-        # long as HDF5 has allocated.
-        file.flush()
-        if os.fstat(descriptor).st_size < file.id.get_filesize():
-            os.ftruncate(descriptor, file.id.get_filesize())
+        # Contiguous datasets are written through the descriptor.
+        extend_to_allocated(file, descriptor)
         source_descriptor = os.open(source.filename, os.O_RDONLY)
         try:
             for name, dataset in source["patches"].items():
@@ -96,10 +93,12 @@ def compact_rows(
             for name in ("locations", "subject_index"):
                 file[name][at : at + count] = source[name][start : start + count]
             at += count
-    except BaseException:
+    except BaseException as error:
         file.close()
         os.close(descriptor)
         Path(target).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_error(Path(target), error) from None
         raise
     return file, descriptor
 
@@ -132,13 +131,20 @@ def _copy_patches(
                 )
             at += count
         return
-    zeros = (0,) * (source.ndim - 1)
     for start, count in keep:
-        # One chunk is one patch: copied as stored, never decompressed.
-        for row in range(count):
-            mask, data = source.id.read_direct_chunk((start + row, *zeros))
-            target.id.write_direct_chunk((at + row, *zeros), data, mask)
+        copy_chunks(source, target, start, count, at)
         at += count
+
+
+def copy_chunks(
+    source: h5py.Dataset, target: h5py.Dataset, start: int, count: int, at: int
+) -> None:
+    """Copy rows ``[start, start + count)`` of ``source`` to rows from ``at`` of ``target``,
+    as stored: one chunk is one patch, never decompressed (same filters on both sides)."""
+    zeros = (0,) * (source.ndim - 1)
+    for row in range(count):
+        mask, data = source.id.read_direct_chunk((start + row, *zeros))
+        target.id.write_direct_chunk((at + row, *zeros), data, mask)
 
 
 def _copy_bytes(source: int, target: int, source_at: int, target_at: int, length: int) -> None:
@@ -146,7 +152,7 @@ def _copy_bytes(source: int, target: int, source_at: int, target_at: int, length
         while length > 0:
             copied = os.copy_file_range(source, target, length, source_at, target_at)
             if copied == 0:
-                raise OSError(errno.EIO, "the source ended early")
+                raise OSError(errno.EIO, "the file being compacted ended early")
             source_at, target_at, length = source_at + copied, target_at + copied, length - copied
         return
     except OSError as error:
@@ -156,9 +162,9 @@ def _copy_bytes(source: int, target: int, source_at: int, target_at: int, length
     while length > 0:
         data = os.pread(source, min(length, _COPY_BYTES), source_at)
         if not data:
-            raise OSError(errno.EIO, "the source ended early")
+            raise OSError(errno.EIO, "the file being compacted ended early")
         written = os.pwrite(target, data, target_at)
         source_at, target_at, length = source_at + written, target_at + written, length - written
 
 
-__all__ = ["compact_rows", "compacting_path"]
+__all__ = ["compact_rows", "compacting_path", "copy_chunks"]

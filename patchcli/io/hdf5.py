@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import DataError
 from .compact import compact_rows, compacting_path
 from .partial import PartialUnusable
-from .space import ensure_space, release
+from .space import ensure_space, extend_to_allocated, release
 from .writer import PatchWriter, SkippedSubject, SubjectRecord
 
 FORMAT_NAME = "patchcli-patches"
@@ -126,7 +126,9 @@ class Hdf5PatchWriter(PatchWriter):
             "subject_index", (num_patches,), dtype=np.int64, dcpl=_allocated_now()
         )
         self.num_subjects = num_subjects
-        self._extend_to_allocated()
+        # Workers write the contiguous datasets in place: a run killed before its last
+        # rows were written must still reopen for resume.
+        extend_to_allocated(self.file, self._descriptor)
         self._reserve_own_space(num_subjects)
 
     def _reserve_own_space(self, num_subjects: int) -> None:
@@ -143,18 +145,6 @@ class Hdf5PatchWriter(PatchWriter):
                 ensure_space(self._descriptor, self.path, offset, dataset.nbytes, dataset.nbytes, 0)
         self._own_reserve = _METADATA_MARGIN + 600 * num_subjects
         self._reserve(self._own_reserve, self._own_reserve)
-
-    def _extend_to_allocated(self) -> None:
-        """Make the file as long as HDF5 has allocated (a sparse extension).
-
-        Workers write patches into the contiguous datasets directly, and HDF5
-        refuses to open a file shorter than its allocation: a run killed
-        before its last rows were written must still reopen for resume.
-        """
-        self.file.flush()
-        allocated = self.file.id.get_filesize()
-        if os.fstat(self._descriptor).st_size < allocated:
-            os.ftruncate(self._descriptor, allocated)
 
     def target(self):
         """How workers hand over patches for this file (patchcli.pipeline)."""
@@ -362,6 +352,8 @@ class Hdf5PatchWriter(PatchWriter):
                 self.file.close()
         finally:
             self._release()
+            if self._compacted:  # the copy was not finished: the .partial stays as it was
+                compacting_path(self.path).unlink(missing_ok=True)
 
     def _release(self) -> None:
         if self._descriptor is not None:
@@ -409,33 +401,34 @@ def _unstored_rows(dataset: h5py.Dataset, done: Sequence[SubjectRecord]) -> int:
 
 
 def write_skipped(file: h5py.File, skipped: Sequence[SkippedSubject]) -> None:
-    """The ``/skipped_subjects`` table: id, manifest row (-1: unknown) and reason of each."""
+    """The ``/skipped_subjects`` table: id, manifest row (-1: unknown), reason and stage
+    (``plan`` or ``run``) of each."""
     group = file.create_group("skipped_subjects")
     group["id"] = np.array([s.id for s in skipped], dtype=STRING_DTYPE)
     group["manifest_row"] = np.array(
         [-1 if s.manifest_row is None else s.manifest_row for s in skipped], np.int64
     )
     group["reason"] = np.array([s.reason for s in skipped], dtype=STRING_DTYPE)
+    group["stage"] = np.array([s.stage for s in skipped], dtype=STRING_DTYPE)
 
 
 def read_skipped(file: h5py.File, path: str | os.PathLike) -> list[SkippedSubject]:
     """The ``/skipped_subjects`` table of an open patch file ([] when there is none)."""
     if "skipped_subjects" not in file:
         return []
-    try:
-        group = file["skipped_subjects"]
-        ids = decode_strings(group["id"][()])
-        rows = np.asarray(group["manifest_row"][()], dtype=np.int64).reshape(-1)
-        reasons = decode_strings(group["reason"][()])
-    except KeyError as error:
-        raise DataError(
-            f"{path}: incomplete /skipped_subjects (missing {error.args[0]!s})"
-        ) from None
-    if not len(ids) == len(rows) == len(reasons):
+    group = file["skipped_subjects"]
+    columns = {}
+    for name in ("id", "manifest_row", "reason", "stage"):
+        if not isinstance(group.get(name), h5py.Dataset):
+            raise DataError(f"{path}: /skipped_subjects has no {name} column")
+        columns[name] = group[name][()]
+    ids, reasons, stages = (decode_strings(columns[n]) for n in ("id", "reason", "stage"))
+    rows = np.asarray(columns["manifest_row"], dtype=np.int64).reshape(-1)
+    if not len(ids) == len(rows) == len(reasons) == len(stages):
         raise DataError(f"{path}: /skipped_subjects has columns of different lengths")
     return [
-        SkippedSubject(subject, None if row < 0 else int(row), reason)
-        for subject, row, reason in zip(ids, rows, reasons, strict=True)
+        SkippedSubject(subject, None if row < 0 else int(row), reason, stage)
+        for subject, row, reason, stage in zip(ids, rows, reasons, stages, strict=True)
     ]
 
 

@@ -68,6 +68,10 @@ class PartialOutput:
         Where to write (``<output>.partial``).
     complete : bool
         With ``resume``: the output already exists, made by this run.
+    closed : bool
+        With ``resume``: the ``.partial`` is this run's output, complete and closed,
+        stopped before its rename: it only needs :meth:`commit` (after
+        :meth:`continue_partial`).
     resumed : list of dict
         With ``resume``: records of the subjects already complete, in order.
     """
@@ -90,6 +94,7 @@ class PartialOutput:
         self.kind = kind
         self.temporary = partial_path(self.path)
         self.complete = False
+        self.closed = False
         self.resumed: list[dict[str, Any]] = []
         self.journal: ProgressJournal | None = None
         self.claim: Claim | None = None
@@ -106,7 +111,7 @@ class PartialOutput:
         return self
 
     def _start(self) -> None:
-        if self.resume and self._final_is_this_run():
+        if self.resume and self._is_this_run(self.path):
             self.complete = True
             return
         check_output_free(self.path, self.overwrite, self.folder, self.kind)
@@ -114,6 +119,8 @@ class PartialOutput:
         if leftover and self.resume:
             self.resumed = self._resumable()
             if self.resumed:
+                done = len(self.resumed) == self.header.get("subjects")
+                self.closed = done and self._is_this_run(self.temporary)
                 return
         elif leftover and not self.overwrite and self._complete_subjects() != 0:
             # (With none complete there is nothing to lose; the claim says no run owns it.)
@@ -124,21 +131,26 @@ class PartialOutput:
             )
         self.start_fresh()
 
-    def _final_is_this_run(self) -> bool:
-        if not self.path.exists():
+    def _is_this_run(self, path: Path) -> bool:
+        """Whether ``path`` is a complete output of this run."""
+        if not path.exists():
             return False
         from .reader import read_patch_output
 
         try:
-            output = read_patch_output(self.path)
+            output = read_patch_output(path)
         except DataError:
             return False
-        # Subjects skipped before the run count in the header's "skipped", those skipped
-        # during it in "subjects" and "patches".
-        planned = int(self.header.get("subjects", 0)) + len(self.header.get("skipped") or ())
-        patches = int(self.header.get("patches", 0))
+        header = self.header
+        # Subjects skipped before the run are in the header's "skipped"; those skipped
+        # during it are among its "subjects", and their rows among its "patches".
+        before = [s.manifest_row for s in output.skipped if s.stage == "plan"]
+        planned = int(header.get("subjects", 0)) + len(header.get("skipped") or ())
+        patches = int(header.get("patches", 0))
         return (
-            output.fingerprint == self.header.get("fingerprint")
+            output.fingerprint == header.get("fingerprint")
+            and (not output.skipped or header.get("on_error") == "skip")
+            and before == list(header.get("skipped") or ())
             and len(output.subjects) + len(output.skipped) == planned
             and (output.num_patches <= patches if output.skipped else output.num_patches == patches)
         )
@@ -199,6 +211,11 @@ class PartialOutput:
         if self.folder:
             self.temporary.mkdir()
         self.journal = ProgressJournal.create(self.temporary, self.header)
+
+    def discard(self) -> None:
+        """Remove the ``.partial`` and its journal: a run that leaves nothing worth keeping."""
+        _remove(self.temporary)
+        self.journal = None
 
     def continue_partial(self) -> None:
         """Start journaling on top of the resumed subjects (after the writer reopened them)."""

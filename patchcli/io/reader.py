@@ -44,7 +44,7 @@ from .writer import SkippedSubject, SubjectRecord
 
 CSV_NAME = "patches.csv"
 #: How a user accepts a file that reads from outside its folder.
-_ALLOW = "refused unless allowed: --allow-external, or allow_external=True"
+_ALLOW = "refused unless allowed: allow_external=True, or info --allow-external"
 #: Root attributes copied into :attr:`PatchOutput.attributes` (when present).
 _ATTRIBUTES = (
     "patchcli_version",
@@ -686,16 +686,20 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
                     manifest_row=None if manifest_row is None else int(manifest_row),
                 )
             )
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{metadata_path}: invalid subjects entry ({error})") from None
+    try:
         skipped = [
             SkippedSubject(
                 str(row["id"]),
                 None if row.get("manifest_row") is None else int(row["manifest_row"]),
-                str(row.get("reason", "")),
+                str(row["reason"]),
+                str(row["stage"]),
             )
             for row in metadata.get("skipped_subjects") or []
         ]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise DataError(f"{metadata_path}: invalid subjects entry ({error})") from None
+        raise DataError(f"{metadata_path}: invalid skipped_subjects entry ({error})") from None
     for subject in subjects:
         for name in images:
             subject.source.setdefault(name, "")

@@ -23,7 +23,7 @@ import errno
 import os
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import SystemFault
 
 _KEEP_SIZE = 0x01
 _PUNCH_HOLE = 0x02
@@ -32,7 +32,7 @@ _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _libc = None
 
 
-class WriteFailed(DataError):
+class WriteFailed(SystemFault):
     """The output could not be written (never the fault of one subject)."""
 
 
@@ -115,6 +115,19 @@ def ensure_space(
         )
 
 
+def extend_to_allocated(file, descriptor: int) -> None:
+    """Make an open HDF5 file (h5py) as long as HDF5 has allocated: a sparse extension.
+
+    Datasets allocated at creation are written through ``descriptor`` (in place, not by
+    HDF5), and HDF5 refuses to open a file shorter than its allocation: a file whose last
+    rows were never written must still open.
+    """
+    file.flush()
+    allocated = file.id.get_filesize()
+    if os.fstat(descriptor).st_size < allocated:
+        os.ftruncate(descriptor, allocated)
+
+
 def is_disk_full(error: OSError) -> bool:
     return error.errno in _FULL
 
@@ -139,6 +152,7 @@ def write_error(path: Path, error: OSError) -> WriteFailed:
 __all__ = [
     "DiskFull",
     "ensure_space",
+    "extend_to_allocated",
     "free_bytes",
     "is_disk_full",
     "release",

@@ -8,13 +8,14 @@ come as (z, y, x) and its geometry in LPS+, and are converted here.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, SystemFault
 
 NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".img", ".hdr", ".img.gz")
 READERS = ("auto", "nibabel", "sitk")
@@ -92,7 +93,7 @@ def read_volume(path: str | os.PathLike, reader: str = "auto") -> Volume:
     except DataError:
         raise
     except Exception as error:  # the readers' own errors are many and unstable
-        raise DataError(f"{path}: cannot read image ({_one_line(error)})") from error
+        raise _read_error(path, "cannot read image", error) from error
 
 
 def read_header(path: str | os.PathLike, reader: str = "auto") -> Header:
@@ -106,7 +107,23 @@ def read_header(path: str | os.PathLike, reader: str = "auto") -> Header:
     except DataError:
         raise
     except Exception as error:
-        raise DataError(f"{path}: cannot read image header ({_one_line(error)})") from error
+        raise _read_error(path, "cannot read image header", error) from error
+
+
+#: errno values that say the machine or its file system failed, not the file.
+_SYSTEM_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EIO", "ENOMEM", "EMFILE", "ENFILE", "ESTALE", "EAGAIN", "ETIMEDOUT", "EINTR")
+    if hasattr(errno, name)
+)
+
+
+def _read_error(path: Path, what: str, error: Exception) -> DataError:
+    """One line naming ``path``; a :class:`SystemFault` when the system, not the file, failed
+    (``on_error: skip`` must not leave a subject out for a full memory or a stale NFS mount)."""
+    if isinstance(error, MemoryError) or getattr(error, "errno", None) in _SYSTEM_ERRNOS:
+        return SystemFault(f"{path}: {what} ({_one_line(error) or type(error).__name__})")
+    return DataError(f"{path}: {what} ({_one_line(error)})")
 
 
 def _one_line(error: Exception) -> str:

@@ -29,13 +29,22 @@ class SubjectRecord:
     manifest_row: int | None = None
 
 
+#: When a skipped subject was found bad: before the run (from its headers), or by its worker.
+SKIP_STAGES = ("plan", "run")
+
+
 @dataclass(frozen=True)
 class SkippedSubject:
-    """A subject left out of an output by ``on_error: skip``, and why."""
+    """A subject left out of an output by ``on_error: skip``, why, and when (``stage``)."""
 
     id: str
     manifest_row: int | None
     reason: str
+    stage: str = "run"
+
+    def describe(self) -> str:
+        """``'s3' (manifest row 3): REASON``."""
+        return f"{self.id!r} (manifest row {self.manifest_row}): {self.reason}"
 
 
 class PatchWriter:
