@@ -243,7 +243,7 @@ def test_an_empty_config_file_is_a_one_line_error_naming_it(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     line = _one_error_line(_cli("uniform", empty, "--output", tmp_path / "out.h5"))
-    assert str(empty) in line
+    assert line == f"Error: {empty}: the config file is empty"
     assert _nothing_written(tmp_path, "out.h5")
 
 
