@@ -38,6 +38,7 @@ from .io.atomic import size_on_disk
 from .io.hdf5 import FORMAT_NAME, Hdf5PatchWriter
 from .io.nifti import NiftiPatchWriter
 from .io.partial import PartialOutput, PartialUnusable
+from .io.reader import PatchOutput
 from .io.writer import SkippedSubject, SubjectRecord
 from .pipeline import Pipeline, SubjectTask
 from .progress import progress_bar
@@ -247,7 +248,7 @@ def plan_extraction(
             dtypes[name].append(header.dtype)
     skipped.sort(key=lambda subject: subject.manifest_row)
     if not kept and skipped:
-        raise every_subject_failed(config, skipped)
+        raise _every_subject_failed(config, skipped)
     images = {}
     for name, spec in config.images.items():
         if spec.type == "intensity" and config.output.dtype is not None:
@@ -304,7 +305,7 @@ def _plan_subject(
         raise DataError(f"{first.path}: subject {spec.id!r}: {error}") from None
 
 
-def every_subject_failed(config: Config, skipped: list[SkippedSubject]) -> DataError:
+def _every_subject_failed(config: Config, skipped: list[SkippedSubject]) -> DataError:
     """The error of a run (or shard) that ``on_error: skip`` would leave empty."""
     where = config.subjects if isinstance(config.subjects, Path) else "the manifest"
     return DataError(
@@ -564,7 +565,7 @@ def extract(
             if output.closed:  # complete, but stopped before its rename
                 output.continue_partial()
                 output.commit()
-            return _summary_of(path, started, already_complete=output.complete)
+            return _summary_of(output.found, path, started, already_complete=output.complete)
         for skipped in plan.skipped:
             warnings.warn(f"skipped subject {skipped.describe()}", PatchcliWarning, stacklevel=2)
         if space_check:
@@ -583,7 +584,7 @@ def extract(
                     if not writer.subjects and writer.skipped:
                         writer.abort()
                         output.discard()
-                        raise every_subject_failed(config, writer.skipped_in_manifest_order())
+                        raise _every_subject_failed(config, writer.skipped_in_manifest_order())
                     writer.close()
                 except BaseException:
                     writer.abort()
@@ -600,11 +601,10 @@ def extract(
     )
 
 
-def _summary_of(path: Path, started: float, already_complete: bool) -> ExtractionSummary:
-    """The summary of an output found complete (``resume``)."""
-    from .io.reader import read_patch_output
-
-    complete = read_patch_output(path)
+def _summary_of(
+    complete: PatchOutput, path: Path, started: float, already_complete: bool
+) -> ExtractionSummary:
+    """The summary of an output ``resume`` found complete, now at ``path``."""
     return ExtractionSummary(
         path,
         len(complete.subjects),

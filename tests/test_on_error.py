@@ -87,6 +87,27 @@ def _skip(config):
     return summary, [str(w.message) for w in caught if w.category is PatchcliWarning]
 
 
+def _stopped(monkeypatch, config, after=lambda record: True) -> Interrupted:
+    """Run ``config`` (skipping), stopped as by SIGTERM right after the first checkpoint
+    whose journal record satisfies ``after``; the error it stopped with."""
+    checkpoint = PartialOutput.checkpoint
+
+    def stop(self, record):
+        checkpoint(self, record)
+        if after(record):
+            raise Interrupted(15)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PartialOutput, "checkpoint", stop)
+        with pytest.raises(Interrupted) as caught:
+            _skip(config)
+    return caught.value
+
+
+def _skip_record(record) -> bool:
+    return "skipped" in record
+
+
 @pytest.mark.parametrize(
     "fmt, compression, workers",
     [("hdf5", "none", 2), ("hdf5", "lz4", 2), ("hdf5", "none", 0), ("nifti", "none", 2)],
@@ -199,19 +220,9 @@ def test_channels_are_those_of_most_subjects(tmp_path, good):
 
 def test_a_run_stopped_after_a_skip_resumes_to_the_same_output(tmp_path, bad, monkeypatch):
     whole, _ = _skip(_config(tmp_path, bad, "whole", on_error="skip", workers=0))
-    checkpoint = PartialOutput.checkpoint
-
-    def stop_after_the_skip(self, record):
-        checkpoint(self, record)
-        if "skipped" in record:
-            raise Interrupted(15)
-
-    monkeypatch.setattr(PartialOutput, "checkpoint", stop_after_the_skip)
     config = _config(tmp_path, bad, "stopped", on_error="skip", workers=0)
-    with pytest.raises(Interrupted) as caught:
-        _skip(config)
-    assert caught.value.kept_partial.done == 3  # s0, s2, and s3 skipped
-    monkeypatch.setattr(PartialOutput, "checkpoint", checkpoint)
+    stopped = _stopped(monkeypatch, config, after=_skip_record)
+    assert stopped.kept_partial.done == 3  # s0, s2, and s3 skipped
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PatchcliWarning)
         resumed = extract(config, "uniform", resume=True)
@@ -230,17 +241,8 @@ def test_a_run_stopped_after_a_skip_resumes_to_the_same_output(tmp_path, bad, mo
 def test_resuming_after_a_skipped_input_came_back_is_refused(tmp_path, good, bad, monkeypatch):
     folder = tmp_path / "inputs"
     shutil.copytree(bad.parent, folder)
-    checkpoint = PartialOutput.checkpoint
-
-    def stop(self, record):
-        checkpoint(self, record)
-        raise Interrupted(15)
-
-    monkeypatch.setattr(PartialOutput, "checkpoint", stop)
     config = _config(tmp_path, folder / "subjects.csv", "out", on_error="skip", workers=0)
-    with pytest.raises(Interrupted):
-        _skip(config)
-    monkeypatch.setattr(PartialOutput, "checkpoint", checkpoint)
+    _stopped(monkeypatch, config)
     shutil.copy(good.parent / "s1_seg.nii.gz", folder / "s1_seg.nii.gz")
     with pytest.raises(DataError, match=r"its run had skipped manifest rows \[1\], this one \[\]"):
         extract(config, "uniform", resume=True)
@@ -328,18 +330,10 @@ def test_a_run_that_skipped_subjects_resumes_only_with_skip(tmp_path, good, monk
     shutil.copytree(good.parent, folder)
     data = (folder / "s3_t1.nii.gz").read_bytes()
     (folder / "s3_t1.nii.gz").write_bytes(data[: len(data) // 2])  # found by its worker
-    checkpoint = PartialOutput.checkpoint
-
-    def stop_after_the_skip(self, record):
-        checkpoint(self, record)
-        if "skipped" in record:
-            raise Interrupted(15)
-
-    monkeypatch.setattr(PartialOutput, "checkpoint", stop_after_the_skip)
     manifest = folder / "subjects.csv"
-    with pytest.raises(Interrupted):
-        _skip(_config(tmp_path, manifest, "out", on_error="skip", workers=0))
-    monkeypatch.setattr(PartialOutput, "checkpoint", checkpoint)
+    _stopped(
+        monkeypatch, _config(tmp_path, manifest, "out", on_error="skip", workers=0), _skip_record
+    )
     fail = _config(tmp_path, manifest, "out", workers=0)
     with pytest.raises(DataError, match=r"skipped subjects \('s3'\) with on_error: skip; resume"):
         extract(fail, "uniform", resume=True)

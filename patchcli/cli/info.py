@@ -7,6 +7,7 @@ import json
 import click
 
 from .common import run_command
+from .extract import SHOWN_SKIPPED
 
 
 @click.command()
@@ -107,12 +108,12 @@ def format_description(description: dict, show_config: bool = False) -> str:
             f"  skipped (on_error: skip): {count(len(skipped), 'subject')} (id, manifest row, "
             "found before the run or during it, reason)"
         )
-        for subject in skipped[:20]:
+        for subject in skipped[:SHOWN_SKIPPED]:
             row = "-" if subject["manifest_row"] is None else subject["manifest_row"]
             stage = "before" if subject["stage"] == "plan" else "during"
             lines.append(f"    {subject['id']:<16} {row!s:>6} {stage:>6}  {subject['reason']}")
-        if len(skipped) > 20:
-            lines.append(f"    ... {len(skipped) - 20} more (--json lists them all)")
+        if len(skipped) > SHOWN_SKIPPED:
+            lines.append(f"    ... {len(skipped) - SHOWN_SKIPPED} more (--json lists them all)")
     lines += [f"  note: {note}" for note in description["notes"]]
     if show_config and description.get("config"):
         lines.append("  config:")

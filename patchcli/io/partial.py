@@ -72,6 +72,8 @@ class PartialOutput:
         With ``resume``: the ``.partial`` is this run's output, complete and closed,
         stopped before its rename: it only needs :meth:`commit` (after
         :meth:`continue_partial`).
+    found : PatchOutput or None
+        The output read when ``complete`` or ``closed``.
     resumed : list of dict
         With ``resume``: records of the subjects already complete, in order.
     """
@@ -95,6 +97,7 @@ class PartialOutput:
         self.temporary = partial_path(self.path)
         self.complete = False
         self.closed = False
+        self.found = None
         self.resumed: list[dict[str, Any]] = []
         self.journal: ProgressJournal | None = None
         self.claim: Claim | None = None
@@ -147,13 +150,16 @@ class PartialOutput:
         before = [s.manifest_row for s in output.skipped if s.stage == "plan"]
         planned = int(header.get("subjects", 0)) + len(header.get("skipped") or ())
         patches = int(header.get("patches", 0))
-        return (
+        if (
             output.fingerprint == header.get("fingerprint")
             and (not output.skipped or header.get("on_error") == "skip")
             and before == list(header.get("skipped") or ())
             and len(output.subjects) + len(output.skipped) == planned
             and (output.num_patches <= patches if output.skipped else output.num_patches == patches)
-        )
+        ):
+            self.found = output
+            return True
+        return False
 
     def _complete_subjects(self) -> int | None:
         """Subjects the ``.partial``'s journal trusts as complete; None if unreadable."""
