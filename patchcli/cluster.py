@@ -36,7 +36,8 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .errors import ConfigError, DataError, PatchcliError
-from .extract import SAMPLERS, plan_extraction
+from .io.reader import read_patch_output
+from .plan import SAMPLERS, plan_extraction
 from .shards import SHARD_COUNT_VARIABLE, Shard, shard_output_path
 
 #: Job states in which a job may still run (squeue's long names).
@@ -202,8 +203,6 @@ def plan_submission(
 
 def _complete(path: Path, fingerprint: str) -> bool | None:
     """True: a complete output of this run; False: absent; None: another run's output."""
-    from .io.reader import read_patch_output
-
     if not path.exists():
         return False
     try:

@@ -32,6 +32,7 @@ from pydantic import (
 from .errors import ConfigError
 from .sampling.geometry import Triplet, to_triplet
 from .sampling.grid import check_padding_mode
+from .shards import parse_shard
 
 Probability = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 ImageType = Literal["intensity", "label", "sampling_map"]
@@ -196,8 +197,6 @@ class Config(_Strict):
         text = str(value).strip()
         if text.lower() == "auto":
             return "auto"
-        from .shards import parse_shard
-
         return str(_as_value_error(parse_shard, text))
 
     @field_validator("patch_size")

@@ -1,7 +1,7 @@
 """``--dry-run``: check a run and say what it would do, writing nothing.
 
 The config and every input's header are checked as a run checks them
-(:func:`patchcli.extract.plan_extraction`); then one subject is sampled and
+(:func:`patchcli.plan.plan_extraction`); then one subject is sampled and
 cropped in this process, in memory, to time it and to measure how well its
 patches compress with the output's compression.
 """
@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .extract import ExtractionPlan, output_size_bound, patches_per_block, plan_extraction
+from .handover import Arrays, compress_chunks
+from .io.hdf5 import compression_options, filter_pipeline
 from .io.space import free_bytes
-from .pipeline import Arrays, SubjectTask, _buffers, compress_chunks, subject_messages
+from .plan import ExtractionPlan, output_size_bound, patches_per_block, plan_extraction
+from .subject_work import SubjectTask, process_buffers, subject_messages
+from .units import count, format_bytes
 from .workers import resolve_workers
 
 
@@ -90,7 +93,7 @@ def _sample(plan: ExtractionPlan, index: int) -> tuple[float, float | None]:
             if filters is not None:
                 packed += sum(len(data) for _, data in compress_chunks(array, filters[name]))
     seconds = time.perf_counter() - started
-    _buffers.clear()
+    process_buffers.clear()
     ratio = raw / packed if compressed and packed else None
     return seconds, ratio
 
@@ -98,8 +101,6 @@ def _sample(plan: ExtractionPlan, index: int) -> tuple[float, float | None]:
 def _filters(plan: ExtractionPlan) -> dict:
     """Each image's HDF5 filter pipeline for the run's compression (from a dataset in memory)."""
     import h5py
-
-    from .io.hdf5 import compression_options, filter_pipeline
 
     output = plan.config.output
     options = compression_options(output.compression, output.compression_level)
@@ -125,8 +126,6 @@ def _free_space_near(path: Path) -> int | None:
 
 def format_dry_run(result: DryRun, sampler: str) -> str:
     """The text ``--dry-run`` prints."""
-    from .units import count, format_bytes
-
     plan = result.plan
     lines = [f"{sampler}: dry run, nothing written"]
     shard = plan.shard

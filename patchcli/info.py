@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import DataError
 from .io.atomic import size_on_disk
+from .io.hdf5 import decode_strings, open_hdf5
 from .io.reader import PatchOutput, read_patch_output
 
 #: Compressions whose HDF5 filter is a plugin (Blosc, from hdf5plugin).
@@ -194,7 +195,6 @@ def _virtual_merge_shards(path: Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     try:
-        from .io.hdf5 import decode_strings, open_hdf5
 
         with open_hdf5(path) as file:
             if file.attrs.get("merge") not in ("virtual", b"virtual") or "shards" not in file:

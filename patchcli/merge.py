@@ -45,10 +45,14 @@ import yaml
 from .errors import ConfigError, DataError
 from .io.atomic import atomic_output, size_on_disk
 from .io.claim import Claim
-from .io.hdf5 import FORMAT_NAME, compression_options
+from .io.compact import copy_chunks
+from .io.format import FORMAT_NAME
+from .io.hdf5 import STRING_DTYPE, compression_options, open_hdf5, write_skipped
+from .io.nifti import CSV_NAME, write_metadata, write_patch_nifti
 from .io.reader import PatchOutput, read_patch_output
 from .io.writer import SkippedSubject
-from .shards import Shard, find_shards, parse_shard_name
+from .progress import progress_bar
+from .shards import Shard, find_shards, parse_shard_name, shard_output_path
 from .units import parse_size
 
 #: Bytes of patches decoded at once by a copying merge.
@@ -278,8 +282,6 @@ def _check_same(outputs: list[PatchOutput], key, what: str) -> None:
 
 
 def _missing_text(output: Path, first: PatchOutput, missing: list[int], count: int) -> str:
-    from .shards import shard_output_path
-
     names = [shard_output_path(output, Shard(i, count), first.kind == "nifti") for i in missing]
     shown = ", ".join(path.name for path in names[:5]) + (" ..." if len(names) > 5 else "")
     partial = [p for p in names if p.with_name(p.name + ".partial").exists()]
@@ -369,9 +371,6 @@ def _merge_hdf5(
     progress: bool | None,
 ) -> None:
     import h5py
-
-    from .io.hdf5 import STRING_DTYPE, open_hdf5, write_skipped
-    from .progress import progress_bar
 
     shards = checked.outputs
     if mode == "virtual":
@@ -467,9 +466,6 @@ def _filters(dataset) -> list:
 
 def _copy_rows(shard: PatchOutput, name: str, target, start: int, bar) -> None:
     """Copy one shard's patches of ``name`` into rows ``start...`` of ``target``."""
-    from .io.compact import copy_chunks
-    from .io.hdf5 import open_hdf5
-
     count = shard.num_patches
     if count == 0:
         return
@@ -497,10 +493,6 @@ def _copy_rows(shard: PatchOutput, name: str, target, start: int, bar) -> None:
 
 # ------------------------------------------------------------------- NIfTI
 def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
-    from .io.nifti import write_metadata
-    from .io.reader import CSV_NAME
-    from .progress import progress_bar
-
     shards = checked.outputs
     first = shards[0]
     with open(first.path / "patchcli.yaml", encoding="utf-8") as stream:
@@ -555,8 +547,6 @@ def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
 def _convert_patch(source: Path, target: Path, dtype: np.dtype) -> None:
     """A patch file rewritten in the merged ``dtype`` (values fit: it holds them all)."""
     import nibabel as nib
-
-    from .io.nifti import write_patch_nifti
 
     image = nib.load(source)
     data = np.asanyarray(image.dataobj)

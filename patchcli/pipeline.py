@@ -1,8 +1,8 @@
-"""The parallel extraction pipeline: subjects cropped by workers, written by one process.
+"""The parallel extraction pipeline: subjects worked on by processes, written by one.
 
-Each subject is one task. A worker loads its volumes, draws its locations and
-crops its patches block by block, and hands each block over in the cheapest
-form the output allows:
+Each subject is one task, run by a worker process as the subject's work
+(patchcli.subject_work: load, locations, crops), which hands each block over
+in the cheapest form the output allows (patchcli.handover):
 
 - uncompressed HDF5 (contiguous datasets, allocated when the file is made):
   the worker writes the block's bytes at their place in the file itself
@@ -25,194 +25,18 @@ code runs in the calling process. Every worker count writes the same bytes.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from .io.space import write_error
+from .handover import Block, SubjectStart
+from .subject_work import SamplingSettings, SubjectTask, process_buffers, subject_messages
 from .workers import start_pool, stop_pool
 
 #: How often the writer checks that a silent worker is still alive, in seconds.
 _POLL_SECONDS = 0.2
-
-
-@dataclass(frozen=True)
-class InPlace:
-    """Workers write patches into the output file: byte offset of row 0 and bytes per row."""
-
-    path: str
-    offsets: Mapping[str, int]
-    row_bytes: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class Chunks:
-    """Workers compress one chunk per patch: each image's filter pipeline,
-    as ``(filter id, flags, client values)`` in order."""
-
-    filters: Mapping[str, tuple[tuple[int, int, tuple[int, ...]], ...]]
-
-
-@dataclass(frozen=True)
-class Arrays:
-    """Workers send the cropped patches."""
-
-
-@dataclass(frozen=True)
-class SubjectTask:
-    """One subject to crop: ``count`` patches from output row ``row``."""
-
-    spec: object  # patchcli.subjects.SubjectSpec
-    count: int
-    row: int
-
-
-@dataclass(frozen=True)
-class SubjectStart:
-    """The first message of a subject: what the writer records before its patches."""
-
-    affine: np.ndarray
-    spatial_shape: tuple[int, int, int]
-    count: int
-    warnings: list[str]
-
-
-@dataclass(frozen=True)
-class Block:
-    """Patches ``[first, first + count)`` of a subject and their locations, in the
-    target's form: nothing (written in place), ``{image: [(filter mask, chunk bytes)]}``
-    or ``{image: array (count, C, X, Y, Z)}``."""
-
-    first: int
-    count: int
-    payload: Mapping | None
-    locations: np.ndarray
-
-
-def crop_block(
-    volumes: Mapping[str, np.ndarray], corners: list, buffers: Mapping[str, np.ndarray]
-) -> None:
-    """Copy each patch ``(i0, j0, k0, i1, j1, k1)`` of ``corners`` into the buffers' rows."""
-    for name, buffer in buffers.items():
-        volume = volumes[name]
-        # One copy per patch, straight from the C-ordered volume into the block.
-        for slot, (i0, j0, k0, i1, j1, k1) in enumerate(corners):
-            buffer[slot] = volume[:, i0:i1, j0:j1, k0:k1]
-
-
-class Buffers:
-    """Arrays kept from one subject to the next in a process, by name.
-
-    Fresh arrays of tens of MiB cost page faults on every subject (the
-    allocator gives them back to the system when freed); reusing them avoids
-    that. An array is replaced when the shape or dtype asked for changes.
-    """
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape, dtype) -> np.ndarray:
-        array = self._arrays.get(name)
-        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
-            array = self._arrays[name] = np.empty(shape, dtype)
-        return array
-
-    def clear(self) -> None:
-        self._arrays.clear()
-
-
-#: This process's buffers (each worker process has its own).
-_buffers = Buffers()
-_memory_files = itertools.count()
-
-
-def compress_chunks(
-    block: np.ndarray, filters: tuple[tuple[int, int, tuple[int, ...]], ...]
-) -> list[tuple[int, bytes]]:
-    """Each patch of ``block`` as the chunk HDF5 stores with ``filters``: (filter mask, bytes).
-
-    The chunks are made by HDF5 itself, in an in-memory file, so they are the
-    bytes that writing the block through HDF5 stores.
-    """
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the Blosc filters)
-
-    name = f"patchcli-chunks-{os.getpid()}-{next(_memory_files)}"
-    # Memory for the whole block at once: grown in small steps, the in-memory file
-    # would be copied again and again (twice as slow).
-    size = block.nbytes + 2**20
-    with h5py.File(name, "w", driver="core", backing_store=False, block_size=size) as file:
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_chunk((1, *block.shape[1:]))
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        for code, flags, values in filters:
-            dcpl.set_filter(code, flags, values)
-        space = h5py.h5s.create_simple(block.shape)
-        dataset = h5py.h5d.create(
-            file.id, b"block", h5py.h5t.py_create(block.dtype), space, dcpl=dcpl
-        )
-        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(block))
-        zeros = (0,) * (block.ndim - 1)
-        return [dataset.read_direct_chunk((row, *zeros)) for row in range(len(block))]
-
-
-def subject_messages(
-    settings, task: SubjectTask, target, block_patches: int
-) -> Iterator[SubjectStart | Block]:
-    """Load, sample and crop one subject: a :class:`SubjectStart`, then its blocks."""
-    from .extract import prepare_subject
-
-    prepared = prepare_subject(settings, task.spec, task.count, _buffers)
-    yield SubjectStart(prepared.affine, prepared.spatial_shape, task.count, prepared.warnings)
-    if not task.count:
-        return
-    block_patches = max(1, min(block_patches, task.count))
-    volumes = prepared.volumes
-    buffers = {
-        name: _buffers.get(
-            f"block {name}", (block_patches, volume.shape[0], *settings.patch_size), volume.dtype
-        )
-        for name, volume in volumes.items()
-    }
-    descriptor = os.open(target.path, os.O_WRONLY) if isinstance(target, InPlace) else None
-    try:
-        for first in range(0, task.count, block_patches):
-            locations = prepared.locations.take(min(block_patches, task.count - first))
-            corners = locations.tolist()
-            count = len(corners)
-            crop_block(volumes, corners, buffers)
-            if descriptor is not None:
-                row = task.row + first
-                for name, buffer in buffers.items():
-                    offset = target.offsets[name] + row * target.row_bytes[name]
-                    _write_all(descriptor, memoryview(buffer[:count]).cast("B"), offset, target)
-                payload = None
-            elif isinstance(target, Chunks):
-                payload = {
-                    name: compress_chunks(buffer[:count], target.filters[name])
-                    for name, buffer in buffers.items()
-                }
-            else:
-                payload = {name: buffer[:count] for name, buffer in buffers.items()}
-            yield Block(first, count, payload, locations)
-    finally:
-        if descriptor is not None:
-            os.close(descriptor)
-
-
-def _write_all(descriptor: int, data: memoryview, offset: int, target: InPlace) -> None:
-    written = 0
-    try:
-        while written < len(data):
-            written += os.pwrite(descriptor, data[written:], offset + written)
-    except OSError as error:
-        raise write_error(target.path, error) from None
-
-
-# -- running the tasks ---------------------------------------------------------
 
 # In a worker process: each slot's connection to the writer and shared region.
 _slot_connections: list = []
@@ -274,7 +98,9 @@ def _unshare(shared: _Shared, region) -> dict:
     }
 
 
-def _run_in_worker(slot: int, settings, task: SubjectTask, target, block_patches: int) -> None:
+def _run_in_worker(
+    slot: int, settings: SamplingSettings, task: SubjectTask, target, block_patches: int
+) -> None:
     connection = _slot_connections[slot]
     region = _slot_regions[slot] if _slot_regions else None
     # A subject that failed on this slot (skipped by the writer) may have left the
@@ -329,7 +155,11 @@ class Pipeline:
             )
 
     def run(
-        self, settings, tasks: Iterable[SubjectTask], target, block_patches: int
+        self,
+        settings: SamplingSettings,
+        tasks: Iterable[SubjectTask],
+        target,
+        block_patches: int,
     ) -> Iterator[Iterator[SubjectStart | Block]]:
         """For each task, in order, the iterator of its messages.
 
@@ -362,7 +192,7 @@ class Pipeline:
             submit()
 
     def close(self, *, kill: bool = False) -> None:
-        _buffers.clear()  # a run in this process (no workers) lent them; give them back
+        process_buffers.clear()  # a run in this process (no workers) lent them; give them back
         stop_pool(self.pool, kill=kill)
         self.pool = None
         for connection in self._connections:
@@ -409,16 +239,4 @@ def _start_methods() -> list[str]:
     return get_all_start_methods()
 
 
-__all__ = [
-    "Arrays",
-    "Block",
-    "Buffers",
-    "Chunks",
-    "InPlace",
-    "Pipeline",
-    "SubjectStart",
-    "SubjectTask",
-    "compress_chunks",
-    "crop_block",
-    "subject_messages",
-]
+__all__ = ["Pipeline"]

@@ -18,6 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .io.atomic import atomic_output
+from .io.reader import read_patch_output
+from .io.volumes import read_volume
+from .plan import plan_extraction
+from .sampling import pad_volume
+from .subject_work import prepare_subject
 
 
 @dataclass
@@ -36,8 +42,6 @@ class PreviewData:
 
 def preview_from_config(config, sampler: str, subject: str | None = None) -> PreviewData:
     """Sample one subject of ``config`` in memory (the first, or the one named)."""
-    from .extract import plan_extraction, prepare_subject
-
     plan = plan_extraction(config, sampler)
     index = _pick(plan.subjects, subject, lambda spec: spec.id, config_path=plan.output_path)
     spec = plan.subjects[index]
@@ -61,10 +65,6 @@ def preview_from_config(config, sampler: str, subject: str | None = None) -> Pre
 def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> PreviewData:
     """The stored locations of one subject of an output, over its source images."""
     import yaml
-
-    from .io.reader import read_patch_output
-    from .io.volumes import read_volume
-    from .sampling import pad_volume
 
     output = read_patch_output(path)
     index = _pick(output.subjects, subject, lambda record: record.id, config_path=output.path)
@@ -120,8 +120,6 @@ def draw_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from .io.atomic import atomic_output
 
     intensity = next(
         (n for n, kind in data.image_types.items() if kind == "intensity"),

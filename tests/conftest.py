@@ -9,6 +9,9 @@ once per session by tests/slurm/start-slurm.sh (root and apt needed). Where it
 cannot start they are skipped, except when ``PATCHCLI_REQUIRE_SLURM=1`` (set by
 CI): then they fail. The full-disk tests (test_disk_full.py) mount small tmpfs file
 systems and are required the same way by ``PATCHCLI_REQUIRE_TMPFS=1``.
+
+The training reader's tests share ``subjects``, ``patch_file`` (a file holding
+their patches, written with h5py) and ``dataset_class`` (``PatchDataset``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from .helpers import make_patch_subjects, write_patch_file
 
 SLURM_SCRIPTS = Path(__file__).parent / "slurm"
 
@@ -48,6 +54,26 @@ def torch():
         if _require_parity():
             pytest.fail(f"PATCHCLI_REQUIRE_PARITY=1 but torch cannot be imported: {error}")
         pytest.skip("torch is not installed (pip install -e '.[torch]')")
+
+
+@pytest.fixture
+def subjects() -> list[dict]:
+    """Three subjects in memory, 4 patches each (:func:`helpers.make_patch_subjects`)."""
+    return make_patch_subjects(np.random.default_rng(12))
+
+
+@pytest.fixture
+def patch_file(tmp_path, subjects) -> Path:
+    """An HDF5 patch file holding the patches of ``subjects``."""
+    return write_patch_file(tmp_path / "patches.h5", subjects)
+
+
+@pytest.fixture
+def dataset_class(torch):
+    """:class:`patchcli.dataset.PatchDataset` (imported only where torch is installed)."""
+    from patchcli.dataset import PatchDataset
+
+    return PatchDataset
 
 
 def _require_slurm() -> bool:

@@ -1,13 +1,19 @@
-"""Test data made on the fly: small volumes, NIfTI files, manifests and configs."""
+"""Test data made on the fly.
+
+Small volumes, NIfTI files, manifests, configs, patch files and queue traces.
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import yaml
+
+from patchcli.queue import QueueTrace, simulate_queue
 
 
 def affine_for(shape, spacing=(1.0, 1.5, 2.0), origin=(-10.0, 20.0, 5.0)) -> np.ndarray:
@@ -154,3 +160,108 @@ def assert_same_output(first: Path, second: Path, merged: bool = False) -> None:
     else:
         groups = MERGE_RECORDS["groups"] if merged else ()
         assert_same_hdf5(first, second, ("config", *extra), groups)
+
+
+def ordered_trace(num_samples, max_length, **kwargs) -> QueueTrace:
+    """A simulated queue with both shuffles off, whose pops follow TorchIO's order exactly."""
+    return simulate_queue(
+        num_samples, max_length, shuffle_subjects=False, shuffle_patches=False, **kwargs
+    )
+
+
+# -------------------------------------------------------------- patch files
+#: The patch size of the files :func:`write_patch_file` writes by default.
+PATCH_SIZE = (4, 5, 3)
+
+
+def make_patch_subjects(rng: np.random.Generator, count: int = 3, patches: int = 4) -> list[dict]:
+    """Subjects in memory for :func:`write_patch_file`, ``patches`` locations each.
+
+    Each has a 2-channel int16 "t1", a uint8 "seg" and a float32 "prob" volume.
+    """
+    subjects = []
+    for number in range(count):
+        shape = (9 + number, 8, 7 + 2 * number)
+        affine = np.diag([1.5, 2.0, 0.5 + number, 1.0])
+        affine[:3, 3] = (-10.0 * number, 3.0, 7.5)
+        volumes = {
+            "t1": rng.integers(-500, 500, (2, *shape)).astype(np.int16),
+            "seg": rng.integers(0, 3, (1, *shape)).astype(np.uint8),
+            "prob": rng.random((1, *shape)).astype(np.float32),
+        }
+        starts = np.stack(
+            [rng.integers(0, n - p + 1, patches) for n, p in zip(shape, PATCH_SIZE, strict=True)],
+            axis=1,
+        )
+        locations = np.concatenate([starts, starts + PATCH_SIZE], axis=1).astype(np.int64)
+        subjects.append(dict(id=f"s{number}", volumes=volumes, affine=affine, locations=locations))
+    return subjects
+
+
+IMAGE_TYPES = {"t1": "intensity", "seg": "label", "prob": "sampling_map"}
+
+
+def write_patch_file(
+    path: Path,
+    subjects: list[dict],
+    patch_size=PATCH_SIZE,
+    padding=(0, 0, 0),
+    compression: dict | None = None,
+    images=("t1", "seg", "prob"),
+) -> Path:
+    """An HDF5 patch file (format_version 1) holding the crops of ``subjects``' volumes.
+
+    ``locations`` are in padded coordinates when ``padding`` is given (a padded
+    grid): the volumes are edge-padded before cropping.
+    """
+    strings = h5py.string_dtype("utf-8")
+    total = sum(len(s["locations"]) for s in subjects)
+    with h5py.File(path, "w") as file:
+        file.attrs["format"] = "patchcli-patches"
+        file.attrs["format_version"] = 1
+        file.attrs["patchcli_version"] = "test"
+        file.attrs["sampler"] = "grid" if any(padding) else "uniform"
+        file.attrs["config"] = ""
+        file.attrs["seed"] = 0
+        file.attrs["patch_size"] = np.asarray(patch_size, dtype=np.int64)
+        file.attrs["images"] = np.array(list(images), dtype=strings)
+        file.attrs["image_types"] = np.array([IMAGE_TYPES[n] for n in images], dtype=strings)
+        if any(padding):
+            file.attrs["patch_overlap"] = 2 * np.asarray(padding, dtype=np.int64)
+            file.attrs["padding_mode"] = "edge"
+            file.attrs["padding"] = np.asarray(padding, dtype=np.int64)
+        for name in images:
+            volume = subjects[0]["volumes"][name]
+            dataset = file.create_dataset(
+                f"patches/{name}",
+                (total, volume.shape[0], *patch_size),
+                dtype=volume.dtype,
+                chunks=(1, volume.shape[0], *patch_size),
+                **(compression or {}),
+            )
+            dataset.attrs["type"] = IMAGE_TYPES[name]
+            row = 0
+            for subject in subjects:
+                padded = np.pad(
+                    subject["volumes"][name], [(0, 0)] + [(p, p) for p in padding], mode="edge"
+                )
+                for location in subject["locations"]:
+                    i0, j0, k0, i1, j1, k1 = location
+                    dataset[row] = padded[:, i0:i1, j0:j1, k0:k1]
+                    row += 1
+        file["locations"] = np.concatenate([s["locations"] for s in subjects]).astype(np.int64)
+        file["subject_index"] = np.concatenate(
+            [np.full(len(s["locations"]), n, dtype=np.int64) for n, s in enumerate(subjects)]
+        )
+        counts = np.array([len(s["locations"]) for s in subjects], dtype=np.int64)
+        group = file.create_group("subjects")
+        group["id"] = np.array([s["id"] for s in subjects], dtype=strings)
+        group["affine"] = np.array([s["affine"] for s in subjects], dtype=np.float64)
+        group["shape"] = np.array([s["volumes"]["t1"].shape[1:] for s in subjects], dtype=np.int64)
+        group["patch_start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        group["patch_count"] = counts
+        for name in images:
+            group[f"source/{name}"] = np.array(
+                [f"/data/{s['id']}_{name}.nii.gz" for s in subjects], dtype=strings
+            )
+    return path

@@ -1,8 +1,8 @@
 """The training reader: items equal the crops of the source volumes, on every path.
 
-Fixture files are written here with h5py following the layout of docs/format.md
-(``write_patch_file``), so that the reader is checked against the format
-itself; one test also goes through ``patchcli uniform``.
+Fixture files are written with h5py following the layout of docs/format.md
+(``helpers.write_patch_file``), so that the reader is checked against the
+format itself; one test also goes through ``patchcli uniform``.
 """
 
 from __future__ import annotations
@@ -21,100 +21,10 @@ from click.testing import CliRunner
 
 from patchcli.errors import DataError
 
-PATCH_SIZE = (4, 5, 3)
+from .helpers import PATCH_SIZE, make_patch_subjects, write_patch_file
 
 
 # ----------------------------------------------------------------- fixtures
-def make_subjects(rng: np.random.Generator, count: int = 3, patches: int = 4) -> list[dict]:
-    """Subjects with a 2-channel int16 "t1", a uint8 "seg" and a float32 "prob" volume."""
-    subjects = []
-    for number in range(count):
-        shape = (9 + number, 8, 7 + 2 * number)
-        affine = np.diag([1.5, 2.0, 0.5 + number, 1.0])
-        affine[:3, 3] = (-10.0 * number, 3.0, 7.5)
-        volumes = {
-            "t1": rng.integers(-500, 500, (2, *shape)).astype(np.int16),
-            "seg": rng.integers(0, 3, (1, *shape)).astype(np.uint8),
-            "prob": rng.random((1, *shape)).astype(np.float32),
-        }
-        starts = np.stack(
-            [rng.integers(0, n - p + 1, patches) for n, p in zip(shape, PATCH_SIZE, strict=True)],
-            axis=1,
-        )
-        locations = np.concatenate([starts, starts + PATCH_SIZE], axis=1).astype(np.int64)
-        subjects.append(dict(id=f"s{number}", volumes=volumes, affine=affine, locations=locations))
-    return subjects
-
-
-IMAGE_TYPES = {"t1": "intensity", "seg": "label", "prob": "sampling_map"}
-
-
-def write_patch_file(
-    path: Path,
-    subjects: list[dict],
-    patch_size=PATCH_SIZE,
-    padding=(0, 0, 0),
-    compression: dict | None = None,
-    images=("t1", "seg", "prob"),
-) -> Path:
-    """An HDF5 patch file (format_version 1) holding the crops of ``subjects``' volumes.
-
-    ``locations`` are in padded coordinates when ``padding`` is given (a padded
-    grid): the volumes are edge-padded before cropping.
-    """
-    strings = h5py.string_dtype("utf-8")
-    total = sum(len(s["locations"]) for s in subjects)
-    with h5py.File(path, "w") as file:
-        file.attrs["format"] = "patchcli-patches"
-        file.attrs["format_version"] = 1
-        file.attrs["patchcli_version"] = "test"
-        file.attrs["sampler"] = "grid" if any(padding) else "uniform"
-        file.attrs["config"] = ""
-        file.attrs["seed"] = 0
-        file.attrs["patch_size"] = np.asarray(patch_size, dtype=np.int64)
-        file.attrs["images"] = np.array(list(images), dtype=strings)
-        file.attrs["image_types"] = np.array([IMAGE_TYPES[n] for n in images], dtype=strings)
-        if any(padding):
-            file.attrs["patch_overlap"] = 2 * np.asarray(padding, dtype=np.int64)
-            file.attrs["padding_mode"] = "edge"
-            file.attrs["padding"] = np.asarray(padding, dtype=np.int64)
-        for name in images:
-            volume = subjects[0]["volumes"][name]
-            dataset = file.create_dataset(
-                f"patches/{name}",
-                (total, volume.shape[0], *patch_size),
-                dtype=volume.dtype,
-                chunks=(1, volume.shape[0], *patch_size),
-                **(compression or {}),
-            )
-            dataset.attrs["type"] = IMAGE_TYPES[name]
-            row = 0
-            for subject in subjects:
-                padded = np.pad(
-                    subject["volumes"][name], [(0, 0)] + [(p, p) for p in padding], mode="edge"
-                )
-                for location in subject["locations"]:
-                    i0, j0, k0, i1, j1, k1 = location
-                    dataset[row] = padded[:, i0:i1, j0:j1, k0:k1]
-                    row += 1
-        file["locations"] = np.concatenate([s["locations"] for s in subjects]).astype(np.int64)
-        file["subject_index"] = np.concatenate(
-            [np.full(len(s["locations"]), n, dtype=np.int64) for n, s in enumerate(subjects)]
-        )
-        counts = np.array([len(s["locations"]) for s in subjects], dtype=np.int64)
-        group = file.create_group("subjects")
-        group["id"] = np.array([s["id"] for s in subjects], dtype=strings)
-        group["affine"] = np.array([s["affine"] for s in subjects], dtype=np.float64)
-        group["shape"] = np.array([s["volumes"]["t1"].shape[1:] for s in subjects], dtype=np.int64)
-        group["patch_start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        group["patch_count"] = counts
-        for name in images:
-            group[f"source/{name}"] = np.array(
-                [f"/data/{s['id']}_{name}.nii.gz" for s in subjects], dtype=strings
-            )
-    return path
-
-
 def expected_items(subjects: list[dict], padding=(0, 0, 0), images=("t1", "seg", "prob")):
     """The items a reader must give, computed from the volumes."""
     items = []
@@ -171,23 +81,6 @@ def unbatch(batch: dict) -> list[dict]:
         }
         for b in range(len(batch["subject"]))
     ]
-
-
-@pytest.fixture
-def subjects() -> list[dict]:
-    return make_subjects(np.random.default_rng(12))
-
-
-@pytest.fixture
-def patch_file(tmp_path, subjects) -> Path:
-    return write_patch_file(tmp_path / "patches.h5", subjects)
-
-
-@pytest.fixture
-def dataset_class(torch):
-    from patchcli.dataset import PatchDataset
-
-    return PatchDataset
 
 
 # --------------------------------------------------------------------- items
@@ -255,16 +148,16 @@ def test_transform_is_applied_to_items_and_batches(dataset_class, patch_file, su
 
 # ---------------------------------------------------------------- selection
 def test_images_selection_reads_only_those(dataset_class, patch_file, subjects, monkeypatch):
-    from patchcli.io import reader
+    from patchcli.io import handles
 
     opened: list[str] = []
-    original = reader._OpenFile.dataset
+    original = handles._OpenFile.dataset
 
     def recording(self, name):
         opened.append(name.removeprefix("patches/"))
         return original(self, name)
 
-    monkeypatch.setattr(reader._OpenFile, "dataset", recording)
+    monkeypatch.setattr(handles._OpenFile, "dataset", recording)
     dataset = dataset_class(patch_file, images=["seg"])
     assert dataset.images == ["seg"]
     expected = expected_items(subjects, images=("seg",))
@@ -312,26 +205,6 @@ def test_batches_iterator_covers_every_patch(dataset_class, patch_file):
     assert sizes == [5, 5]
 
 
-def test_batch_sampler_orders(torch):
-    from patchcli.dataset import PatchBatchSampler
-
-    sampler = PatchBatchSampler(10, 4, shuffle=True, seed=7)
-    first, second = list(sampler), list(sampler)
-    assert sorted(sum(first, [])) == list(range(10))
-    assert [len(b) for b in first] == [4, 4, 2] and len(sampler) == 3
-    assert first != second  # a new order per pass...
-    sampler.set_epoch(0)
-    assert list(sampler) == first  # ...reproducible from (seed, epoch)
-    assert list(PatchBatchSampler(10, 4, drop_last=True)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert list(PatchBatchSampler(10, 2, indices=[9, 3, 5])) == [[9, 3], [5]]
-    torch.manual_seed(0)
-    unseeded = list(PatchBatchSampler(10, 10, shuffle=True))
-    torch.manual_seed(0)
-    assert list(PatchBatchSampler(10, 10, shuffle=True)) == unseeded
-    with pytest.raises(ValueError, match="batch_size"):
-        PatchBatchSampler(10, 0)
-
-
 # ---------------------------------------------------------------- workers
 def test_dataloader_workers_give_the_same_items(dataset_class, patch_file, torch):
     from patchcli.dataset import PatchBatchSampler
@@ -353,38 +226,17 @@ def test_dataloader_workers_give_the_same_items(dataset_class, patch_file, torch
         assert sorted(keys) == reference, f"batch sampler, num_workers={workers}"
 
 
-def test_worker_generator_differs_between_workers(dataset_class, patch_file, torch):
-    from patchcli.dataset import worker_generator
-
-    def draw(item):
-        return {"draw": int(worker_generator().integers(2**62)), "worker": _worker_id(torch)}
-
-    dataset = dataset_class(patch_file, images="seg", transform=draw)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
-    items = list(loader)
-    assert {item["worker"] for item in items} == {0, 1}
-    # Distinct 62-bit draws: a generator copied into both workers would repeat
-    # each worker's stream (collisions of independent draws have odds ~1e-17).
-    assert len({item["draw"] for item in items}) == len(items)
-    assert worker_generator() is worker_generator()
-
-
-def _worker_id(torch) -> int:
-    info = torch.utils.data.get_worker_info()
-    return -1 if info is None else info.id
-
-
 def test_forked_process_opens_its_own_handles(dataset_class, patch_file, monkeypatch):
-    from patchcli.io import reader
+    from patchcli.io import handles
 
     dataset = dataset_class(patch_file, images="t1")
     expected = dataset[0]["t1"]["data"].numpy().copy()
     parent_handle = dataset._handles._files[patch_file]
     # As seen from a child after fork: another pid.
-    monkeypatch.setattr(reader.os, "getpid", lambda: -12345)
+    monkeypatch.setattr(handles.os, "getpid", lambda: -12345)
     np.testing.assert_array_equal(dataset[0]["t1"]["data"].numpy(), expected)
     assert dataset._handles._files[patch_file] is not parent_handle
-    assert parent_handle in reader._INHERITED_HANDLES
+    assert parent_handle in handles._INHERITED_HANDLES
     assert parent_handle.file.id.valid  # never closed by the child
     dataset.close()
     assert not len(dataset._handles)
@@ -452,7 +304,7 @@ def test_distributed_sampler_covers_every_index_once(dataset_class, patch_file, 
 
 
 def test_split_by_subject_gives_whole_subjects_to_one_rank(dataset_class, tmp_path, torch):
-    subjects = make_subjects(np.random.default_rng(3), count=5)
+    subjects = make_patch_subjects(np.random.default_rng(3), count=5)
     for number, subject in enumerate(subjects):  # unequal patch counts: 4, 3, 2, 1, 4
         subject["locations"] = subject["locations"][: 4 - number % 4]
     dataset = dataset_class(write_patch_file(tmp_path / "p.h5", subjects))
@@ -675,83 +527,6 @@ def test_lazy_export(torch):
     from patchcli.dataset import PatchDataset
 
     assert patchcli.PatchDataset is PatchDataset
-
-
-def test_collate_patches_gives_the_default_batch_without_copying(dataset_class, patch_file, torch):
-    from torch.utils.data import DataLoader, default_collate
-
-    from patchcli.dataset import collate_patches
-
-    dataset = dataset_class(patch_file)
-    indices = [5, 1, 7, 2]
-    items = dataset.__getitems__(indices)
-    expected = default_collate(dataset.__getitems__(indices))
-    batch = collate_patches(items)
-    for name in dataset.images:
-        assert torch.equal(batch[name]["data"], expected[name]["data"])
-        assert torch.equal(batch[name]["affine"], expected[name]["affine"])
-        # The patches are the tensor the items are views of, not a copy.
-        assert batch[name]["data"].data_ptr() == items[0][name]["data"].data_ptr()
-    assert torch.equal(batch["location"], expected["location"])
-    assert batch["subject"] == expected["subject"]
-    # Items that are not views of one batch (here, re-ordered) are copied as usual.
-    shuffled = collate_patches([items[1], items[0], items[2], items[3]])
-    assert torch.equal(shuffled["t1"]["data"][0], expected["t1"]["data"][1])
-    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_patches)
-    first = next(iter(loader))
-    assert torch.equal(first["t1"]["data"], dataset.read_batch([0, 1, 2])["t1"]["data"])
-
-
-# ------------------------------------------------------- fresh patches every epoch
-def test_patches_per_subject_draws_exactly_k_each_pass(dataset_class, patch_file, torch):
-    from patchcli.dataset import PatchBatchSampler, PatchSampler
-
-    dataset = dataset_class(patch_file)  # 3 subjects x 4 patches
-    subject_of = np.asarray(dataset.subject_index)
-    sampler = PatchBatchSampler(dataset, 2, shuffle=True, seed=7, patches_per_subject=3)
-    assert len(sampler) == 5  # 9 indices in batches of 2
-    passes = []
-    for epoch in range(6):
-        sampler.set_epoch(epoch)
-        drawn = [index for batch in sampler for index in batch]
-        assert len(drawn) == len(set(drawn)) == 9
-        assert np.bincount(subject_of[drawn], minlength=3).tolist() == [3, 3, 3]
-        passes.append(sorted(drawn))
-    # A new draw per pass (4 choose 3 per subject: 64 draws; 6 passes all alike is
-    # a chance of 64^-5), the same draw for the same seed and pass.
-    assert len({tuple(p) for p in passes}) > 1
-    again = PatchBatchSampler(dataset, 2, shuffle=True, seed=7, patches_per_subject=3)
-    again.set_epoch(4)
-    assert sorted(i for batch in again for i in batch) == passes[4]
-    # The per-item sampler gives the same pass, item by item.
-    items = PatchSampler(dataset, shuffle=True, seed=7, patches_per_subject=3)
-    items.set_epoch(4)
-    batches = PatchBatchSampler(dataset, 2, shuffle=True, seed=7, patches_per_subject=3)
-    batches.set_epoch(4)
-    assert list(items) == [i for batch in batches for i in batch]
-
-
-def test_patches_per_subject_with_a_rank_of_a_distributed_run(dataset_class, patch_file, torch):
-    from patchcli.dataset import PatchSampler
-
-    dataset = dataset_class(patch_file)
-    mine = dataset.split_by_subject(2, 0)
-    sampler = PatchSampler(dataset, seed=1, indices=mine, patches_per_subject=2)
-    drawn = list(sampler)
-    assert set(drawn) <= set(mine.tolist())
-    subjects = np.asarray(dataset.subject_index)[drawn]
-    assert all(np.count_nonzero(subjects == s) == 2 for s in set(subjects.tolist()))
-    assert drawn == sorted(drawn)  # without shuffle: file order
-
-
-def test_patches_per_subject_beyond_the_pool_is_a_clear_error(dataset_class, patch_file, torch):
-    from patchcli.dataset import PatchBatchSampler
-
-    dataset = dataset_class(patch_file)
-    with pytest.raises(ValueError, match=r"subject 's0' stores 4 patches, fewer than .*=5"):
-        PatchBatchSampler(dataset, 2, patches_per_subject=5)
-    with pytest.raises(TypeError, match="needs the PatchDataset"):
-        PatchBatchSampler(len(dataset), 2, patches_per_subject=1)
 
 
 # ------------------------------------------------------------------ augmentation

@@ -15,6 +15,7 @@ from patchcli.config import load_config
 from patchcli.errors import ConfigError, DataError, PatchcliWarning
 from patchcli.extract import extract, plan_extraction
 from patchcli.sampling import grid_locations, pad_volume
+from patchcli.subject_work import cast_volume
 
 from .helpers import affine_for, make_subjects, write_config
 
@@ -259,8 +260,6 @@ def test_casts_round_and_refuse_values_that_do_not_fit(tmp_path, dataset):
         extract(config, "uniform")
     assert not (tmp_path / "u8.h5").exists()
     # prob (float32, 0.01 to 1.01) cast to int16 is rounded, not truncated.
-    from patchcli.extract import cast_volume
-
     values = np.array([0.4, 0.6, 1.5, -2.6], np.float32)
     assert cast_volume(values, np.dtype(np.int16), manifest).tolist() == [0, 1, 2, -3]
     with pytest.raises(DataError, match="NaN"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from patchcli import pipeline
+from patchcli import subject_work
 from patchcli.cli import main
 from patchcli.config import load_config
 from patchcli.dataset import PatchDataset
@@ -165,7 +165,7 @@ def test_a_subject_failing_after_its_first_blocks_leaves_no_trace(
     NIfTI files and rows of patches.csv): none of them stays, and the rest is intact."""
     settings = dict(fmt=fmt, compression=compression, num_patches=15)
     reference = extract(_config(tmp_path, good, "ref", **settings), "uniform")
-    crop = pipeline.crop_block
+    crop = subject_work.crop_block
     blocks: dict[int, int] = {}
 
     def crop_or_fail(volumes, corners, buffers):
@@ -177,7 +177,7 @@ def test_a_subject_failing_after_its_first_blocks_leaves_no_trace(
         crop(volumes, corners, buffers)
 
     # Set before the run forks its workers, which inherit it.
-    monkeypatch.setattr(pipeline, "crop_block", crop_or_fail)
+    monkeypatch.setattr(subject_work, "crop_block", crop_or_fail)
     summary, _ = _skip(_config(tmp_path, good, "out", on_error="skip", **settings))
     assert [(s.id, s.reason) for s in summary.skipped] == [
         ("s1", "s1: damaged past its first block")
@@ -197,7 +197,7 @@ def test_every_subject_failing_during_the_run_is_an_error(tmp_path, good, monkey
     def fail(volumes, corners, buffers):
         raise DataError("damaged")
 
-    monkeypatch.setattr(pipeline, "crop_block", fail)
+    monkeypatch.setattr(subject_work, "crop_block", fail)
     config = _config(tmp_path, good, "out.h5", on_error="skip")
     with pytest.raises(DataError, match=r"every subject failed \(5\), e\.g\. 's0'"):
         _skip(config)
@@ -350,6 +350,6 @@ def test_a_system_fault_is_never_skipped(tmp_path, good, monkeypatch):
     def stale(volumes, corners, buffers):
         raise SystemFault("s0_t1.nii.gz: cannot read image (Stale file handle)")
 
-    monkeypatch.setattr(pipeline, "crop_block", stale)
+    monkeypatch.setattr(subject_work, "crop_block", stale)
     with pytest.raises(SystemFault, match="Stale file handle"):
         _skip(_config(tmp_path, good, "out", on_error="skip"))

@@ -11,8 +11,6 @@ import pytest
 from patchcli.config import load_config
 from patchcli.errors import DataError
 from patchcli.extract import extract
-from patchcli.io.hdf5 import compression_options, filter_pipeline
-from patchcli.pipeline import Chunks, InPlace, compress_chunks, crop_block
 
 from .helpers import assert_same_output, make_subjects, write_config
 
@@ -60,30 +58,6 @@ def test_every_worker_count_writes_the_same_bytes(tmp_path, manifest, fmt, compr
         assert_same_output(outputs[0], other)  # patches, tables, chunk storage and attributes
 
 
-@pytest.mark.parametrize("compression", ["lz4", "zstd", "gzip"])
-def test_worker_chunks_are_the_chunks_hdf5_writes(tmp_path, compression):
-    rng = np.random.default_rng(0)
-    # Smooth values with noise: compressible, but not trivially.
-    block = (np.add.accumulate(rng.integers(0, 3, (5, 2, 12, 10, 8)), axis=2) % 200).astype(
-        np.int16
-    )
-    with h5py.File(tmp_path / "reference.h5", "w") as file:
-        dataset = file.create_dataset(
-            "patches",
-            block.shape,
-            block.dtype,
-            chunks=(1, *block.shape[1:]),
-            **compression_options(compression),
-        )
-        dataset[...] = block
-        expected = [dataset.id.read_direct_chunk((row, 0, 0, 0, 0)) for row in range(5)]
-        filters = filter_pipeline(dataset)
-    assert filters and all(len(step) == 3 for step in filters)
-    made = compress_chunks(block, filters)
-    assert made == expected
-    assert sum(len(data) for _, data in made) < block.nbytes
-
-
 def test_uncompressed_output_is_contiguous_and_written_in_place(tmp_path, manifest):
     config = _config(tmp_path, manifest, "plain.h5", workers=2, output={"compression": "none"})
     path = extract(config, "uniform").path
@@ -102,32 +76,6 @@ def test_uncompressed_output_is_contiguous_and_written_in_place(tmp_path, manife
     for row in (0, 24, 25, 99):
         i0, j0, k0, i1, j1, k1 = locations[row]
         np.testing.assert_array_equal(t1[row, 0], volumes[index[row]][i0:i1, j0:j1, k0:k1])
-
-
-def test_writer_targets(tmp_path):
-    from patchcli.io.hdf5 import Hdf5PatchWriter
-
-    images = {"t1": (1, np.dtype(np.int16), "intensity"), "seg": (2, np.dtype(np.uint8), "label")}
-    plain = Hdf5PatchWriter(tmp_path / "plain.h5", images, (4, 4, 4), 10, 1, {}, "none")
-    target = plain.target()
-    assert isinstance(target, InPlace)
-    assert target.row_bytes == {"t1": 128, "seg": 128}
-    # The file is as long as its allocation (a run killed early must still reopen).
-    assert (tmp_path / "plain.h5").stat().st_size >= max(target.offsets.values()) + 10 * 128
-    plain.abort()
-    packed = Hdf5PatchWriter(tmp_path / "lz4.h5", images, (4, 4, 4), 10, 1, {}, "lz4")
-    target = packed.target()
-    assert isinstance(target, Chunks) and target.filters["t1"][0][0] == 32001  # Blosc
-    packed.abort()
-
-
-def test_crop_block_copies_each_patch():
-    volume = np.arange(2 * 6 * 5 * 4, dtype=np.int32).reshape(2, 6, 5, 4)
-    buffers = {"a": np.zeros((3, 2, 2, 2, 2), np.int32)}
-    corners = [[0, 0, 0, 2, 2, 2], [4, 3, 2, 6, 5, 4], [1, 1, 1, 3, 3, 3]]
-    crop_block({"a": volume}, corners[:2], buffers)
-    np.testing.assert_array_equal(buffers["a"][1], volume[:, 4:6, 3:5, 2:4])
-    assert not buffers["a"][2].any()  # only the rows given
 
 
 @pytest.mark.parametrize("compression", ["none", "lz4"])
@@ -160,7 +108,9 @@ def test_a_worker_drops_an_acknowledgement_left_by_a_failed_subject(tmp_path, ma
     from multiprocessing import Pipe
 
     from patchcli import pipeline
-    from patchcli.extract import patches_per_block, plan_extraction
+    from patchcli.handover import Arrays, SubjectStart
+    from patchcli.plan import patches_per_block, plan_extraction
+    from patchcli.subject_work import SubjectTask
 
     plan = plan_extraction(_config(tmp_path, manifest, "unused", workers=0), "uniform")
     block = patches_per_block(plan)
@@ -168,15 +118,15 @@ def test_a_worker_drops_an_acknowledgement_left_by_a_failed_subject(tmp_path, ma
     region = mmap.mmap(-1, block * plan.patch_bytes + 2**20)
     pipeline._keep_slots([worker_end], [region])
     writer_end.send(True)  # the stale acknowledgement
-    task = pipeline.SubjectTask(plan.subjects[0], plan.counts[0], 0)
+    task = SubjectTask(plan.subjects[0], plan.counts[0], 0)
     worker = threading.Thread(
         target=pipeline._run_in_worker,
-        args=(0, plan.settings, task, pipeline.Arrays(), block),
+        args=(0, plan.settings, task, Arrays(), block),
         daemon=True,
     )
     worker.start()
     try:
-        assert isinstance(writer_end.recv(), pipeline.SubjectStart)
+        assert isinstance(writer_end.recv(), SubjectStart)
         first = writer_end.recv()
         assert isinstance(first.payload, pipeline._Shared)  # in the region, not yet read
         # Until this block is acknowledged, the worker must wait, not send the next one.

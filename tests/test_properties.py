@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patchcli.errors import DataError, PatchcliWarning
-from patchcli.pipeline import crop_block
 from patchcli.sampling import (
     count_grid_patches,
     grid_locations,
@@ -23,6 +22,7 @@ from patchcli.sampling import (
     weighted_locations,
 )
 from patchcli.sampling.stream import LocationStream
+from patchcli.subject_work import crop_block
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True)
 

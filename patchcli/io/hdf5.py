@@ -17,14 +17,12 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from ..handover import Chunks, InPlace
 from .compact import compact_rows, compacting_path
-from .partial import PartialUnusable
+from .format import FORMAT_NAME, FORMAT_VERSION
 from .space import ensure_space, extend_to_allocated, release
-from .writer import PatchWriter, SkippedSubject, SubjectRecord
+from .writer import PartialUnusable, PatchWriter, SkippedSubject, SubjectRecord
 
-FORMAT_NAME = "patchcli-patches"
-#: 2 added the fingerprint, shard and merge records (docs/format.md); 1 is still read.
-FORMAT_VERSION = 2
 #: Space kept reserved past the end of a file being written, for HDF5's metadata.
 _METADATA_MARGIN = 4 * 2**20
 #: How patch files store strings: variable-length UTF-8.
@@ -147,9 +145,7 @@ class Hdf5PatchWriter(PatchWriter):
         self._reserve(self._own_reserve, self._own_reserve)
 
     def target(self):
-        """How workers hand over patches for this file (patchcli.pipeline)."""
-        from ..pipeline import Chunks, InPlace
-
+        """How workers hand over patches for this file (patchcli.handover)."""
         datasets = self.patches
         offsets = {name: dataset.id.get_offset() for name, dataset in datasets.items()}
         if all(dataset.chunks is None for dataset in datasets.values()):
@@ -362,7 +358,7 @@ class Hdf5PatchWriter(PatchWriter):
             self._descriptor = None
 
 
-# -- reading -------------------------------------------------------------------
+# -- the layout's tables and helpers ---------------------------------------------
 
 
 def _allocated_now():
@@ -430,6 +426,25 @@ def read_skipped(file: h5py.File, path: str | os.PathLike) -> list[SkippedSubjec
         SkippedSubject(subject, None if row < 0 else int(row), reason, stage)
         for subject, row, reason, stage in zip(ids, rows, reasons, stages, strict=True)
     ]
+
+
+def damage_reason(error: BaseException) -> str:
+    """One line from an h5py error (its messages run over several lines)."""
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
+
+
+def plain_value(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (str, list, int, float)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return decode_strings(value)
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def decode_strings(values) -> list[str]:

@@ -24,13 +24,15 @@ import nibabel as nib
 import numpy as np
 import yaml
 
+from ..errors import DataError
+from ..handover import Arrays
 from ..sampling.geometry import patch_affine
 from .atomic import FOLDER_MARKER
-from .hdf5 import FORMAT_NAME, FORMAT_VERSION
-from .partial import PartialUnusable
-from .reader import CSV_NAME
+from .format import FORMAT_NAME, FORMAT_VERSION
 from .space import is_disk_full, write_error
-from .writer import PatchWriter, SkippedSubject, SubjectRecord
+from .writer import PartialUnusable, PatchWriter, SkippedSubject, SubjectRecord
+
+CSV_NAME = "patches.csv"
 
 
 def patch_file_name(image: str, patch_number: int) -> str:
@@ -161,9 +163,7 @@ class NiftiPatchWriter(PatchWriter):
             raise write_error(self.folder, error) from None
 
     def target(self):
-        """How workers hand over patches for this folder: as arrays (patchcli.pipeline)."""
-        from ..pipeline import Arrays
-
+        """How workers hand over patches for this folder: as arrays (patchcli.handover)."""
         return Arrays()
 
     def flush(self) -> int:
@@ -217,3 +217,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def read_nifti_patch(path: Path, shape: Sequence[int]) -> np.ndarray:
+    """A (C, X, Y, Z) patch from one NIfTI file (a 4D file holds channels last)."""
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    except FileNotFoundError:
+        raise DataError(f"{path}: patch file missing from the output folder") from None
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as error:
+        raise DataError(f"{path}: cannot read the patch ({error})") from None
+    data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+    if data.shape != tuple(shape):
+        raise DataError(f"{path}: patch shape {data.shape}, expected {tuple(shape)}")
+    return data

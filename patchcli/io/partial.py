@@ -28,10 +28,8 @@ from .atomic import check_output_free, partial_path
 from .claim import Claim
 from .compact import compacting_path
 from .progress import ProgressJournal, journal_path, sync_to_disk
-
-
-class PartialUnusable(DataError):
-    """A ``.partial`` that cannot be continued (a kill left it unreadable): start again."""
+from .reader import read_patch_output
+from .writer import PartialUnusable
 
 
 @dataclass(frozen=True)
@@ -138,8 +136,6 @@ class PartialOutput:
         """Whether ``path`` is a complete output of this run."""
         if not path.exists():
             return False
-        from .reader import read_patch_output
-
         try:
             output = read_patch_output(path)
         except DataError:

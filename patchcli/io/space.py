@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from ..errors import SystemFault
+from ..units import format_bytes
 
 _KEEP_SIZE = 0x01
 _PUNCH_HOLE = 0x02
@@ -97,8 +98,6 @@ def ensure_space(
         Naming the file, the free space, and ``needed``: the bytes the run
         still has to write (uncompressed).
     """
-    from ..units import format_bytes
-
     try:
         if reserve(descriptor, offset, length, mode):
             return
@@ -138,8 +137,6 @@ def _full(code: int) -> str:
 
 def write_error(path: Path, error: OSError) -> WriteFailed:
     """A one-line error naming ``path`` for a failed write: :class:`DiskFull` when it is."""
-    from ..units import format_bytes
-
     if is_disk_full(error):
         try:
             free = f" ({format_bytes(free_bytes(Path(path).parent))} free)"

@@ -14,6 +14,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..errors import DataError
+
+
+class PartialUnusable(DataError):
+    """A ``.partial`` that cannot be continued (a kill left it unreadable): start again.
+
+    Raised by a writer's reopening of a ``.partial``; the run then starts it afresh.
+    """
+
 
 @dataclass(frozen=True)
 class SubjectRecord:

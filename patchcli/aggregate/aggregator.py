@@ -1,11 +1,10 @@
-"""Reassemble grid patches (or a model's outputs on them) into whole volumes.
+"""The in-memory aggregator: one subject's volume from batches of its grid patches.
 
 :class:`GridAggregator` is TorchIO's ``GridAggregator`` without torch: it is
 built from one subject's grid geometry, takes batches of ``(patches,
 locations)`` in an inference loop and returns the volume with any padding
-removed. :func:`aggregate_file` does the same for every subject of a grid HDF5
-file, streaming each subject's patches in blocks and writing one NIfTI per
-subject.
+removed. :func:`hann_window` and :func:`output_affine` give the weights of the
+``hann`` mode and the affine of a downsampled output.
 
 Overlap modes (docs/aggregate.md):
 
@@ -27,7 +26,6 @@ may differ from the input's.
 
 from __future__ import annotations
 
-import gzip
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,15 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
-from .sampling.geometry import Triplet, to_triplet
-from .sampling.grid import check_grid, grid_locations, grid_starts
+from ..errors import ConfigError, DataError
+from ..io.reader import read_patch_output
+from ..sampling.geometry import Triplet, to_triplet
+from ..sampling.grid import check_grid, grid_starts
+from .grid_file import GridFile
 
-__all__ = ["OVERLAP_MODES", "GridAggregator", "aggregate_file", "hann_window", "output_affine"]
+__all__ = ["OVERLAP_MODES", "GridAggregator", "hann_window", "output_affine"]
 
 OVERLAP_MODES = ("crop", "average", "hann")
-#: Bytes of patches read from the file at once by :func:`aggregate_file`.
-BLOCK_BYTES = 64 * 2**20
 
 
 def hann_window(patch_size: Sequence[int]) -> np.ndarray:
@@ -267,10 +265,8 @@ class GridAggregator:
         -------
         GridAggregator
         """
-        from .io.reader import read_patch_output
-
         path = Path(patches.filename) if hasattr(patches, "attrs") else Path(patches)
-        grid = _GridFile(read_patch_output(path))
+        grid = GridFile(read_patch_output(path))
         row = grid.subject_row(subject)
         return cls(
             grid.shapes[row],
@@ -462,325 +458,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-# --- Files ------------------------------------------------------------------
-
-
-class _GridFile:
-    """The validated geometry and subjects table of a grid output."""
-
-    def __init__(self, output: Any) -> None:
-        self.output = output
-        self.path = path = output.path
-        sampler = output.sampler
-        if sampler != "grid":
-            raise DataError(
-                f"{path}: holds {sampler!r} patches, not 'grid' ones; only a grid output "
-                "(patchcli grid) can be aggregated"
-            )
-        attributes = output.attributes
-        try:
-            self.patch_size = to_triplet(list(output.patch_size), "patch_size")
-            self.patch_overlap = to_triplet(
-                list(attributes["patch_overlap"]), "patch_overlap", minimum=0
-            )
-            self.padding = to_triplet(output.padding.tolist(), "padding", minimum=0)
-        except (KeyError, TypeError, ConfigError) as error:
-            raise DataError(f"{path}: incomplete grid file ({error})") from error
-        self.images = output.images
-        self.num_rows = output.num_patches
-        subjects = output.subjects
-        self.ids = [subject.id for subject in subjects]
-        self.shapes = np.array([subject.shape for subject in subjects], np.int64).reshape(-1, 3)
-        self.affines = np.array([subject.affine for subject in subjects]).reshape(-1, 4, 4)
-        self.patch_starts = np.array([subject.patch_start for subject in subjects], np.int64)
-        self.patch_counts = np.array([subject.patch_count for subject in subjects], np.int64)
-
-    def subject_row(self, subject: int | str) -> int:
-        if isinstance(subject, (int, np.integer)) and not isinstance(subject, bool):
-            if not 0 <= subject < len(self.ids):
-                raise DataError(f"{self.path}: no subject row {subject} ({len(self.ids)} subjects)")
-            return int(subject)
-        if subject not in self.ids:
-            raise DataError(f"{self.path}: no subject {subject!r}")
-        return self.ids.index(subject)
-
-    def rows(self, row: int) -> tuple[int, int]:
-        start, count = int(self.patch_starts[row]), int(self.patch_counts[row])
-        return start, start + count
-
-    def image_rows(self, image: str) -> _Rows:
-        """The grid's own patches of ``image``, as rows to aggregate."""
-        if image not in self.images:
-            raise DataError(
-                f"{self.path}: no image {image!r}; available: {', '.join(self.images) or 'none'}"
-            )
-        from .io.reader import HandleCache
-
-        self.output.complete_image_info([image])
-        handles = HandleCache(max_open=8)
-        return _Rows(
-            (self.output.channels[image], *self.patch_size),
-            self.output.dtypes[image],
-            lambda start, count, out: self.output.read_rows(image, start, count, out, handles),
-            handles.close,
-        )
-
-
-class _Rows:
-    """Rows of patches to aggregate: their (C, x, y, z) shape, dtype, and a block reader."""
-
-    def __init__(self, shape, dtype, read, close=lambda: None) -> None:
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
-        self.read = read
-        self.close = close
-
-
-def _prediction_dataset(
-    path: Path, handle: Any, name: str | None, image: str | None, grid: _GridFile
-) -> tuple[str, _Rows, Triplet]:
-    """The predictions' rows, their name and the downsampling factor, all checked."""
-    group = handle.get("patches")
-    available = sorted(group) if group is not None and hasattr(group, "keys") else []
-    if name is None:
-        if image is not None and image in available:
-            name = image
-        elif len(available) == 1:
-            name = available[0]
-        else:
-            raise DataError(
-                f"{path}: give the predictions' name; /patches holds "
-                f"{', '.join(available) or 'nothing'}"
-            )
-    if name not in available:
-        raise DataError(
-            f"{path}: no predictions /patches/{name}; available: {', '.join(available) or 'none'}"
-        )
-    dataset = group[name]
-    if len(dataset.shape) != 5:
-        raise DataError(
-            f"{path}: /patches/{name} must be (N, C, X, Y, Z), not shape {dataset.shape}"
-        )
-    if dataset.shape[0] != grid.num_rows:
-        raise DataError(
-            f"{path}: /patches/{name} has {dataset.shape[0]} rows but {grid.path} has "
-            f"{grid.num_rows} grid locations; predictions must be aligned row by row"
-        )
-    if "locations" in handle:
-        own = handle["locations"][()]
-        if own.shape != (grid.num_rows, 6) or not np.array_equal(own, grid.output.locations):
-            raise DataError(f"{path}: /locations differ from the grid locations of {grid.path}")
-    spatial = tuple(int(n) for n in dataset.shape[2:])
-    if any(n < 1 or p % n for p, n in zip(grid.patch_size, spatial, strict=True)):
-        raise DataError(
-            f"{path}: /patches/{name} patches are {spatial} but the grid's patch size is "
-            f"{grid.patch_size}: not an integer downsampling factor"
-        )
-    factor = to_triplet(
-        [p // n for p, n in zip(grid.patch_size, spatial, strict=True)], "downsampling factor"
-    )
-    rows = _Rows(
-        dataset.shape[1:],
-        dataset.dtype,
-        lambda start, count, out: dataset.read_direct(
-            out, np.s_[start : start + count], np.s_[0:count]
-        ),
-    )
-    return name, rows, factor
-
-
-def _check_name(name: str, where: Path) -> None:
-    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
-        raise DataError(f"{where}: name {name!r} is not usable in a file name")
-
-
-def _nifti_data(volume: np.ndarray) -> np.ndarray:
-    """(C, X, Y, Z) -> what NIfTI stores: 3D for one channel, else 4D (X, Y, Z, C)."""
-    if volume.dtype == np.bool_:
-        volume = volume.astype(np.uint8)
-    elif volume.dtype == np.float16:
-        volume = volume.astype(np.float32)  # NIfTI-1 has no float16
-    return volume[0] if volume.shape[0] == 1 else np.moveaxis(volume, 0, -1)
-
-
-def _write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """Write a ``.nii.gz`` to ``path`` whatever its name (nibabel guesses from the suffix)."""
-    import nibabel as nib
-
-    data = _nifti_data(volume)
-    # An explicit dtype keeps int64 data int64 (nibabel refuses it implicitly).
-    image = nib.Nifti1Image(data, affine, dtype=data.dtype)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as stream:
-        image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
-
-
-def aggregate_file(
-    patches_path: str | os.PathLike,
-    image: str | None,
-    output_dir: str | os.PathLike,
-    *,
-    overlap_mode: str = "crop",
-    predictions_path: str | os.PathLike | None = None,
-    prediction_name: str | None = None,
-    dtype: Any = None,
-    overwrite: bool = False,
-    progress: bool | None = False,
-) -> list[Path]:
-    """Reassemble every subject of a grid HDF5 file into one NIfTI per subject.
-
-    Subjects are processed one at a time and their patches read in blocks, so
-    memory holds one subject's output (and weight) volume plus one block.
-
-    Parameters
-    ----------
-    patches_path : path
-        A grid output written by ``patchcli grid``: an HDF5 file, a merge of
-        grid shards, or a NIfTI folder.
-    image : str or None
-        The image of the grid file to reassemble. With ``predictions_path`` it
-        is the default for ``prediction_name`` and may be None.
-    output_dir : path
-        Folder of the outputs, ``<subject>_<name>.nii.gz`` (created if needed).
-    overlap_mode : {"crop", "average", "hann"}
-    predictions_path : path, optional
-        An HDF5 file holding a model's outputs as ``/patches/<name>``, shape
-        ``(N, C, x, y, z)``, row ``n`` being the output for row ``n`` of the grid
-        file (docs/aggregate.md). Spatial sizes smaller than the grid's patch
-        size by an integer factor are aggregated at that lower resolution.
-    prediction_name : str, optional
-        The dataset of ``predictions_path`` to read (default: ``image``, or the
-        file's only dataset). Outputs are named after it.
-    dtype : numpy dtype, optional
-        Output dtype (see :class:`GridAggregator`).
-    overwrite : bool
-        Replace existing outputs; otherwise any existing output is an error
-        raised before anything is written.
-    progress : bool or None
-        Show a progress bar on stderr; None shows it only on a terminal.
-
-    Returns
-    -------
-    list of Path
-        The files written, in subject order.
-
-    Examples
-    --------
-    Reassemble the ``t1`` patches of ``grid.h5`` into ``out/<subject>_t1.nii.gz``::
-
-        aggregate_file("grid.h5", "t1", "out")
-    """
-    if overlap_mode not in OVERLAP_MODES:
-        raise ConfigError(
-            f"overlap_mode must be one of {', '.join(OVERLAP_MODES)}, not {overlap_mode!r}"
-        )
-    patches_path, output_dir = Path(patches_path), Path(output_dir)
-    from .io.hdf5 import open_hdf5
-    from .io.reader import read_patch_output
-
-    grid = _GridFile(read_patch_output(patches_path))
-    if predictions_path is None:
-        if image is None:
-            raise ConfigError(f"{patches_path}: give the image to aggregate")
-        _check_name(image, patches_path)
-        rows = grid.image_rows(image)
-        try:
-            return _aggregate_all(
-                grid, rows, image, (1, 1, 1), output_dir, overlap_mode, dtype, overwrite, progress
-            )
-        finally:
-            rows.close()
-    predictions_path = Path(predictions_path)
-    with open_hdf5(predictions_path) as predictions:
-        name, rows, factor = _prediction_dataset(
-            predictions_path, predictions, prediction_name, image, grid
-        )
-        _check_name(name, predictions_path)
-        return _aggregate_all(
-            grid, rows, name, factor, output_dir, overlap_mode, dtype, overwrite, progress
-        )
-
-
-def _aggregate_all(
-    grid: _GridFile,
-    rows: _Rows,
-    name: str,
-    factor: Triplet,
-    output_dir: Path,
-    overlap_mode: str,
-    dtype: Any,
-    overwrite: bool,
-    progress: bool | None,
-) -> list[Path]:
-    """Every subject of ``grid`` aggregated from ``rows`` into ``DIR/<subject>_<name>.nii.gz``."""
-    from .io.atomic import atomic_output, check_output_free
-    from .progress import progress_bar
-    from .subjects import check_subject_id
-
-    outputs = []
-    for subject_id in grid.ids:
-        check_subject_id(subject_id, str(grid.path))
-        path = output_dir / f"{subject_id}_{name}.nii.gz"
-        if path in outputs:
-            raise DataError(f"{grid.path}: subject id {subject_id!r} appears twice")
-        check_output_free(path, overwrite)
-        outputs.append(path)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with progress_bar(int(grid.patch_counts.sum()), progress) as bar:
-        for row, path in enumerate(outputs):
-            volume = _aggregate_subject(grid, row, rows, factor, overlap_mode, dtype, bar)
-            affine = output_affine(grid.affines[row], factor)
-            with atomic_output(path, overwrite) as temporary:
-                _write_nifti(temporary, volume, affine)
-            del volume
-    return outputs
-
-
-def _aggregate_subject(
-    grid: _GridFile,
-    row: int,
-    rows: _Rows,
-    factor: Triplet,
-    overlap_mode: str,
-    dtype: Any,
-    bar: Any,
-) -> np.ndarray:
-    """One subject's volume, its patches read block by block into one buffer."""
-    subject_id = grid.ids[row]
-    first, last = grid.rows(row)
-    shape = tuple(int(n) for n in grid.shapes[row])
-    padded_shape = tuple(n + 2 * p for n, p in zip(shape, grid.padding, strict=True))
-    locations = grid.output.locations[first:last]
-    expected = grid_locations(padded_shape, grid.patch_size, grid.patch_overlap)
-    if not np.array_equal(locations, expected):
-        raise DataError(
-            f"{grid.path}: subject {subject_id!r}: its {last - first} rows are not the "
-            f"{len(expected)} grid patches of shape {shape} in grid order"
-        )
-    try:
-        aggregator = GridAggregator(
-            shape,
-            grid.patch_size,
-            grid.patch_overlap,
-            padding=grid.padding,
-            overlap_mode=overlap_mode,
-            downsampling_factor=factor,
-            channels=rows.shape[0],
-            dtype=dtype,
-        )
-    except (ConfigError, DataError) as error:
-        raise DataError(f"{grid.path}: subject {subject_id!r}: {error}") from error
-    patch_bytes = int(np.prod(rows.shape)) * rows.dtype.itemsize
-    block = max(1, min(last - first, BLOCK_BYTES // max(1, patch_bytes)))
-    buffer = np.empty((block, *rows.shape), dtype=rows.dtype)
-    for start in range(first, last, block):
-        count = min(block, last - start)
-        rows.read(start, count, buffer[:count])
-        aggregator.add_batch(buffer[:count], locations[start - first : start - first + count])
-        bar.update(count)
-    del buffer
-    return aggregator.get_output()
