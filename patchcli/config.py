@@ -33,6 +33,7 @@ from .errors import ConfigError
 from .sampling.geometry import Triplet, to_triplet
 from .sampling.grid import check_padding_mode
 from .shards import parse_shard
+from .transforms import Transform, parse_transforms
 
 Probability = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 ImageType = Literal["intensity", "label", "sampling_map"]
@@ -138,6 +139,9 @@ class Config(_Strict):
     #: What a bad subject does: stop the run (``fail``), or be left out and listed (``skip``).
     on_error: Literal["fail", "skip"] = "fail"
     output: OutputSpec = Field(default_factory=OutputSpec)
+    #: Transforms applied to every subject after loading and before sampling, with
+    #: TorchIO's names: ``[ToCanonical, {Resample: 1.5}, ...]`` (patchcli.transforms).
+    preprocess: list[Any] | None = None
     # Queue settings (queue-sim, memory), TorchIO's names.
     sampler: Literal["uniform", "weighted", "label", "grid"] = "uniform"
     max_length: int | None = Field(default=None, ge=1)
@@ -222,6 +226,21 @@ class Config(_Strict):
         if any(o % 2 for o in overlap):
             raise ValueError(f"patch_overlap must be even on every axis, not {overlap}")
         return self
+
+    @model_validator(mode="after")
+    def _known_transforms(self) -> Config:
+        if self.preprocess is not None:
+            _as_value_error(parse_transforms, self.preprocess, self.image_types)
+        return self
+
+    @property
+    def image_types(self) -> dict[str, str]:
+        return {name: spec.type for name, spec in self.images.items()}
+
+    @property
+    def transforms(self) -> list[Transform]:
+        """The ``preprocess`` transforms, in order ([] without any)."""
+        return parse_transforms(self.preprocess, self.image_types)
 
     @property
     def patch_triplet(self) -> Triplet:

@@ -12,12 +12,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config
 from .handover import Arrays, compress_chunks
 from .io.hdf5 import compression_options, filter_pipeline
 from .io.space import free_bytes
 from .plan import ExtractionPlan, output_size_bound, patches_per_block, plan_extraction
 from .subject_work import SubjectTask, process_buffers, subject_messages
+from .transforms import describe_preprocess
 from .units import count, format_bytes
 from .workers import resolve_workers
 
@@ -135,6 +138,20 @@ def format_dry_run(result: DryRun, sampler: str) -> str:
     lines.append(f"  subjects: {subjects}")
     for skipped in plan.skipped:
         lines.append(f"  skipped {skipped.describe()}")
+    if plan.config.preprocess:
+        lines.append(f"  preprocess: {describe_preprocess(plan.config.preprocess)}")
+        known = [shape for shape in plan.shapes if shape is not None]
+        if known:
+            voxels = [int(np.prod(shape)) for shape in known]
+            smallest, largest = known[int(np.argmin(voxels))], known[int(np.argmax(voxels))]
+            sizes = "x".join(map(str, smallest))
+            if largest != smallest:
+                sizes += " to " + "x".join(map(str, largest))
+            lines.append(f"  shapes after preprocessing: {sizes}")
+        if len(known) < len(plan.shapes):
+            lines.append(
+                f"  shapes known only from the voxels: {len(plan.shapes) - len(known)} subjects"
+            )
     counts = list(plan.counts) or [0]
     lines.append(f"  patches: {plan.total_patches} ({min(counts)} to {max(counts)} a subject)")
     lines.append(f"  output: {plan.output_path} ({plan.output_format})")

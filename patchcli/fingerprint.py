@@ -6,7 +6,8 @@ continues a ``.partial`` only if its fingerprint is the current one.
 
 What enters it: the sampler, the sampling keys of the config (the
 ``FINGERPRINT_KEYS`` below, normalised: ``patch_size: 64`` and ``[64, 64,
-64]`` are the same), the image names and types, and the manifest itself
+64]`` are the same; ``preprocess`` with every argument spelled out), the image
+names and types, and the manifest itself
 (every subject's id, image paths and ``num_samples``; not the manifest's own
 path, so two copies of one manifest agree). What does not: the shard, the
 output path, ``on_error``, ``workers``, ``block_size``, progress options, and the keys that
@@ -22,6 +23,7 @@ from typing import Any
 
 from .config import Config
 from .subjects import SubjectSpec
+from .transforms import describe_transforms
 
 #: Config keys that decide the patches, besides ``images`` and the manifest.
 FINGERPRINT_KEYS = (
@@ -39,6 +41,7 @@ FINGERPRINT_KEYS = (
     "output.compression",
     "output.compression_level",
     "output.dtype",
+    "preprocess",
 )
 #: Config keys that do not change the patches (the test suite checks that every key
 #: of :class:`~patchcli.config.Config` is in one list or the other).
@@ -73,6 +76,8 @@ def _value(config: Config, key: str) -> Any:
         return list(config.patch_triplet)
     if key == "patch_overlap":
         return list(config.overlap_triplet)
+    if key == "preprocess":  # every argument, defaults included: `Resample: 1` == `Resample`
+        return describe_transforms(config.transforms)
     if key == "label_probabilities" and value is not None:
         return sorted([int(label), float(p)] for label, p in value.items())
     return value

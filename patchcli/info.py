@@ -131,6 +131,7 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
         "config": attributes.get("config"),
     }
     description["parameters"] = _sampler_parameters(attributes.get("config"))
+    description["preprocess"] = _recorded_config(attributes.get("config")).get("preprocess") or []
     if attributes.get("sampler") == "grid":
         overlap = attributes.get("patch_overlap")
         description["patch_overlap"] = None if overlap is None else list(map(int, overlap))
@@ -142,16 +143,20 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
 SAMPLER_KEYS = ("num_patches", "probability_map", "label_name", "label_probabilities")
 
 
-def _sampler_parameters(config_text: str | None) -> dict[str, Any]:
-    """The sampler's parameters from the recorded config (those that are set)."""
+def _recorded_config(config_text: str | None) -> dict[str, Any]:
+    """The recorded config as a mapping ({} when absent or unreadable)."""
     import yaml
 
     try:
         config = yaml.safe_load(config_text or "") or {}
     except yaml.YAMLError:
         return {}
-    if not isinstance(config, dict):
-        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _sampler_parameters(config_text: str | None) -> dict[str, Any]:
+    """The sampler's parameters from the recorded config (those that are set)."""
+    config = _recorded_config(config_text)
     return {key: config[key] for key in SAMPLER_KEYS if config.get(key) is not None}
 
 
@@ -195,7 +200,6 @@ def _virtual_merge_shards(path: Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     try:
-
         with open_hdf5(path) as file:
             if file.attrs.get("merge") not in ("virtual", b"virtual") or "shards" not in file:
                 return None

@@ -26,7 +26,8 @@ from .sampling import count_grid_patches, grid_padding
 from .sampling.geometry import check_patch_fits
 from .shards import Shard, parse_shard, shard_output_path
 from .subject_work import SamplingSettings
-from .subjects import SubjectSpec, read_manifest, read_subject_headers
+from .subjects import SubjectSpec, check_same_geometry, read_manifest, read_subject_headers
+from .transforms import ImageGeometry, plan_transforms
 from .units import parse_size
 
 SAMPLERS = ("uniform", "weighted", "label", "grid")
@@ -58,6 +59,8 @@ class ExtractionPlan:
     shard: Shard | None = None
     #: Subjects left out before any work (``on_error: skip``), with the reason.
     skipped: list[SkippedSubject] = field(default_factory=list)
+    #: Each subject's spatial shape after preprocessing (None: known only from its voxels).
+    shapes: list[tuple[int, int, int] | None] = field(default_factory=list)
 
     @property
     def total_patches(self) -> int:
@@ -116,6 +119,8 @@ def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
         label_probabilities=dict(config.label_probabilities)
         if sampler == "label" and config.label_probabilities
         else None,
+        image_types=config.image_types,
+        transforms=tuple(config.transforms),
     )
 
 
@@ -148,7 +153,10 @@ def plan_extraction(
         try:
             if spec.id in missing:
                 raise DataError(missing[spec.id])
-            readable.append((spec, read_subject_headers(spec, settings.reader, settings.tolerance)))
+            headers = read_subject_headers(
+                spec, settings.reader, settings.tolerance, same_grid=not settings.transforms
+            )
+            readable.append((spec, headers))
         except DataError as error:
             if not skip:
                 raise
@@ -164,18 +172,21 @@ def plan_extraction(
     }
     kept: list[SubjectSpec] = []
     counts: list[int] = []
+    shapes: list[tuple[int, int, int] | None] = []
     dtypes: dict[str, list[np.dtype]] = {name: [] for name in config.images}
     for spec, headers in readable:
         try:
-            counts.append(_plan_subject(spec, headers, settings, config, channels))
+            images = preprocessed_geometry(spec, headers, settings)
+            counts.append(_plan_subject(spec, images, settings, config, channels))
         except DataError as error:
             if not skip:
                 raise
             skipped.append(SkippedSubject(spec.id, spec.index, str(error), "plan"))
             continue
         kept.append(spec)
-        for name, header in headers.items():
-            dtypes[name].append(header.dtype)
+        shapes.append(next(iter(images.values())).shape)
+        for name, geometry in images.items():
+            dtypes[name].append(geometry.dtype)
     skipped.sort(key=lambda subject: subject.manifest_row)
     if not kept and skipped:
         raise every_subject_failed(config, skipped)
@@ -199,6 +210,7 @@ def plan_extraction(
         subjects=kept,
         counts=counts,
         images=images,
+        shapes=shapes,
         output_path=output_path,
         output_format=config.output.format,
         fingerprint=config_fingerprint(config, sampler, manifest),
@@ -208,23 +220,73 @@ def plan_extraction(
     )
 
 
+def preprocessed_geometry(
+    spec: SubjectSpec, headers: Mapping, settings: SamplingSettings
+) -> dict[str, ImageGeometry]:
+    """A subject's images after preprocessing, from their headers: shapes, affines and dtypes
+    (a shape or affine is None where it depends on the voxels).
+
+    Raises
+    ------
+    DataError
+        Images left on different grids (naming the file and suggesting a ``Resample``), or
+        a transform that cannot apply to this subject.
+    ConfigError
+        An absurd result (a resampled volume of billions of voxels), before any work.
+    """
+    images = {
+        name: ImageGeometry(
+            name,
+            settings.image_types.get(name, ""),
+            tuple(int(n) for n in header.spatial_shape),
+            header.affine,
+            header.channels,
+            header.dtype,
+            header.path,
+        )
+        for name, header in headers.items()
+    }
+    if not settings.transforms:
+        return images
+    images = plan_transforms(settings.transforms, images)
+    known = {
+        name: (g.shape, g.affine)
+        for name, g in images.items()
+        if g.shape is not None and g.affine is not None
+    }
+    if len(known) == len(images):
+        check_same_geometry(
+            spec.id, known, settings.tolerance, spec.paths, after="after preprocessing"
+        )
+    return images
+
+
 def _plan_subject(
     spec: SubjectSpec,
-    headers: Mapping,
+    images: Mapping[str, ImageGeometry],
     settings: SamplingSettings,
     config: Config,
     channels: Mapping[str, int],
 ) -> int:
     """A subject's patch count; DataError naming the file for anything that would fail
     later (a patch larger than the volume, channels unlike the other subjects')."""
-    first = next(iter(headers.values()))
-    shape = tuple(int(n) for n in first.spatial_shape)
-    for name, header in headers.items():
-        if header.channels != channels[name]:
+    first = next(iter(images.values()))
+    for name, image in images.items():
+        if image.channels != channels[name]:
             raise DataError(
-                f"{header.path}: subject {spec.id!r} image {name!r} has {header.channels} "
+                f"{image.path}: subject {spec.id!r} image {name!r} has {image.channels} "
                 f"channels where other subjects have {channels[name]}"
             )
+    after = "after preprocessing, " if settings.transforms else ""
+    if first.shape is None:
+        if settings.sampler == "grid":
+            raise ConfigError(
+                "grid needs every volume's shape before the run, and preprocess makes it "
+                "depend on the voxels (CropOrPad around a mask without target_shape); give "
+                "CropOrPad a target_shape"
+            )
+        return int(spec.num_samples or config.num_patches)  # the worker checks the fit
+    shape = first.shape
     try:
         if settings.sampler == "grid":
             padded = tuple(np.add(shape, np.multiply(settings.padding, 2)))
@@ -232,7 +294,7 @@ def _plan_subject(
         check_patch_fits(settings.patch_size, shape)
         return int(spec.num_samples or config.num_patches)
     except DataError as error:
-        raise DataError(f"{first.path}: subject {spec.id!r}: {error}") from None
+        raise DataError(f"{first.path}: subject {spec.id!r}: {after}{error}") from None
 
 
 def every_subject_failed(config: Config, skipped: list[SkippedSubject]) -> DataError:

@@ -28,9 +28,10 @@ from .errors import DataError, PatchcliWarning
 from .handover import Block, Chunks, InPlace, SubjectStart, compress_chunks
 from .io.space import write_error
 from .sampling import pad_volume, subject_rng
-from .sampling.geometry import Triplet
+from .sampling.geometry import Triplet, check_patch_fits
 from .sampling.stream import LocationStream
-from .subjects import SubjectSpec, load_subject
+from .subjects import SubjectSpec, check_same_geometry, load_subject
+from .transforms import Image, Subject, Transform, apply_transforms
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class SamplingSettings:
     label_probabilities: Mapping[int, float] | None = None
     #: Image name -> dtype written (and used for cropping and sampling).
     output_dtypes: Mapping[str, str] = field(default_factory=dict)
+    #: Image name -> type (``intensity``, ``label``, ``sampling_map``), for the transforms.
+    image_types: Mapping[str, str] = field(default_factory=dict)
+    #: Preprocessing, run after loading and before sampling (patchcli.transforms).
+    transforms: tuple[Transform, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,35 +140,72 @@ def subject_locations(
     )
 
 
+def _load_and_preprocess(
+    settings: SamplingSettings, spec: SubjectSpec
+) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int, int]]:
+    """A subject's volumes after ``settings.transforms``, their shared affine and shape."""
+    preprocess = bool(settings.transforms)
+    loaded = load_subject(spec, settings.reader, settings.tolerance, same_grid=not preprocess)
+    if not preprocess:
+        return loaded.volumes, loaded.affine, loaded.spatial_shape
+    subject = Subject(
+        spec.id,
+        {
+            name: Image(
+                name, settings.image_types[name], array, loaded.affines[name], spec.paths[name]
+            )
+            for name, array in loaded.volumes.items()
+        },
+    )
+    apply_transforms(settings.transforms, subject)
+    check_same_geometry(
+        spec.id,
+        {image.name: (image.spatial_shape, image.affine) for image in subject},
+        settings.tolerance,
+        spec.paths,
+        after="after preprocessing",
+    )
+    first = next(iter(subject))
+    if settings.sampler != "grid":
+        try:
+            check_patch_fits(settings.patch_size, first.spatial_shape)
+        except DataError as error:
+            raise DataError(
+                f"{first.path}: subject {spec.id!r}: after preprocessing, {error}"
+            ) from None
+    volumes = {image.name: image.data for image in subject}
+    return volumes, first.affine, first.spatial_shape
+
+
 def prepare_subject(
     settings: SamplingSettings, spec: SubjectSpec, count: int, buffers=None
 ) -> PreparedSubject:
-    """Load a subject, pad it for a padded grid, and prepare the stream of its locations.
+    """Load a subject, preprocess it, pad it for a padded grid, and prepare the stream of
+    its locations.
 
     A top-level function so that worker processes can run it. ``buffers``, a
     :class:`Buffers`, lends the arrays the volumes are
     copied into, reused from one subject to the next.
     """
-    subject = load_subject(spec, settings.reader, settings.tolerance)
-    volumes = subject.volumes
-    if settings.padding_mode is not None:
-        volumes = {
-            name: pad_volume(array, settings.padding, settings.padding_mode)
-            for name, array in volumes.items()
-        }
-    # One C-ordered copy in the output dtype: NIfTI volumes come in Fortran order,
-    # and cropping them into C-ordered patches is a strided transpose per patch;
-    # from a C-ordered volume every crop is a run of contiguous rows (8x faster
-    # for 150 patches of 64^3), and needs no cast.
-    cast = {}
-    for name, array in volumes.items():
-        dtype = np.dtype(settings.output_dtypes.get(name, array.dtype))
-        out = None if buffers is None else buffers.get(f"volume {name}", array.shape, dtype)
-        cast[name] = cast_volume(array, dtype, spec.paths[name], out)
-    volumes = cast
-    rng = subject_rng(settings.seed, spec.index)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PatchcliWarning)
+        volumes, affine, spatial_shape = _load_and_preprocess(settings, spec)
+        if settings.padding_mode is not None:
+            volumes = {
+                name: pad_volume(array, settings.padding, settings.padding_mode)
+                for name, array in volumes.items()
+            }
+        # One C-ordered copy in the output dtype: NIfTI volumes come in Fortran order,
+        # and cropping them into C-ordered patches is a strided transpose per patch;
+        # from a C-ordered volume every crop is a run of contiguous rows (8x faster
+        # for 150 patches of 64^3), and needs no cast.
+        cast = {}
+        for name, array in volumes.items():
+            dtype = np.dtype(settings.output_dtypes.get(name, array.dtype))
+            out = None if buffers is None else buffers.get(f"volume {name}", array.shape, dtype)
+            cast[name] = cast_volume(array, dtype, spec.paths[name], out)
+        volumes = cast
+        rng = subject_rng(settings.seed, spec.index)
         try:
             locations = subject_locations(settings, volumes, rng)
         except DataError as error:
@@ -180,8 +222,8 @@ def prepare_subject(
     return PreparedSubject(
         spec=spec,
         volumes=volumes,
-        affine=subject.affine,
-        spatial_shape=subject.spatial_shape,
+        affine=affine,
+        spatial_shape=spatial_shape,
         locations=locations,
         count=count,
         warnings=messages,

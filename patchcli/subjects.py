@@ -32,12 +32,14 @@ class SubjectSpec:
 
 @dataclass
 class LoadedSubject:
-    """A subject's images in memory, each ``(C, X, Y, Z)``, sharing ``affine`` and shape."""
+    """A subject's images in memory, each ``(C, X, Y, Z)``, sharing ``affine`` and shape
+    (those of the first image when loaded without the check, each in ``affines``)."""
 
     spec: SubjectSpec
     volumes: dict[str, np.ndarray]
     affine: np.ndarray
     spatial_shape: tuple[int, int, int]
+    affines: dict[str, np.ndarray] | None = None
 
 
 #: Files at the top of a NIfTI output folder: no subject folder may take their names.
@@ -153,9 +155,14 @@ def _read_csv(path: Path, image_names: Sequence[str]):
     return rows, path.resolve().parent, str(path)
 
 
-def read_subject_headers(spec: SubjectSpec, reader: str, tolerance: float) -> dict[str, Header]:
-    """Headers of a subject's images, checked for matching geometry (no voxels read)."""
+def read_subject_headers(
+    spec: SubjectSpec, reader: str, tolerance: float, same_grid: bool = True
+) -> dict[str, Header]:
+    """Headers of a subject's images (no voxels read), checked to share one grid unless
+    ``same_grid`` is False (preprocessing puts them on one)."""
     headers = {name: read_header(path, reader) for name, path in spec.paths.items()}
+    if not same_grid:
+        return headers
     check_same_geometry(
         spec.id,
         {name: (h.spatial_shape, h.affine) for name, h in headers.items()},
@@ -170,26 +177,31 @@ def check_same_geometry(
     geometry: Mapping[str, tuple[Sequence[int], np.ndarray]],
     tolerance: float,
     paths: Mapping[str, Path] | None = None,
+    after: str = "",
 ) -> None:
     """All images of a subject must share spatial shape and affine (within ``tolerance`` mm).
 
-    The error names the file of the image that differs from the first one.
+    The error names the file of the image that differs from the first one; ``after``
+    (``"after preprocessing"``) says when, and the error then suggests a ``Resample``.
     """
     names = list(geometry)
     first = names[0]
     shape0, affine0 = geometry[first]
+    when = f"{after}, " if after else ""
+    hint = f"; preprocess with Resample: {{target: {first}}}" if after else ""
     for name in names[1:]:
         shape, affine = geometry[name]
         where = f"{paths[name]}: " if paths else ""
         if tuple(shape) != tuple(shape0):
             raise DataError(
-                f"{where}subject {subject_id!r}: images {first!r} and {name!r} differ in "
-                f"spatial shape: {tuple(int(n) for n in shape0)} vs {tuple(int(n) for n in shape)}"
+                f"{where}subject {subject_id!r}: {when}images {first!r} and {name!r} differ in "
+                f"spatial shape: {tuple(int(n) for n in shape0)} vs "
+                f"{tuple(int(n) for n in shape)}{hint}"
             )
         if not np.allclose(affine, affine0, rtol=0, atol=tolerance):
             raise DataError(
-                f"{where}subject {subject_id!r}: images {first!r} and {name!r} differ in affine "
-                f"(tolerance {tolerance}): {_flat(affine0)} vs {_flat(affine)}"
+                f"{where}subject {subject_id!r}: {when}images {first!r} and {name!r} differ in "
+                f"affine (tolerance {tolerance}): {_flat(affine0)} vs {_flat(affine)}{hint}"
             )
 
 
@@ -197,19 +209,24 @@ def _flat(affine: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.6g}" for v in np.asarray(affine)[:3].ravel()) + "]"
 
 
-def load_subject(spec: SubjectSpec, reader: str = "auto", tolerance: float = 1e-4) -> LoadedSubject:
-    """Read every image of a subject once and check their geometry."""
+def load_subject(
+    spec: SubjectSpec, reader: str = "auto", tolerance: float = 1e-4, same_grid: bool = True
+) -> LoadedSubject:
+    """Read every image of a subject once and check that they share one grid (unless
+    ``same_grid`` is False: preprocessing will put them on one)."""
     volumes = {}
     geometry = {}
     for name, path in spec.paths.items():
         volume = read_volume(path, reader)
         volumes[name] = volume.array
         geometry[name] = (volume.spatial_shape, volume.affine)
-    check_same_geometry(spec.id, geometry, tolerance, spec.paths)
+    if same_grid:
+        check_same_geometry(spec.id, geometry, tolerance, spec.paths)
     first = next(iter(geometry.values()))
     return LoadedSubject(
         spec=spec,
         volumes=volumes,
         affine=first[1],
         spatial_shape=tuple(int(n) for n in first[0]),  # type: ignore[arg-type]
+        affines={name: affine for name, (_, affine) in geometry.items()},
     )

@@ -31,7 +31,9 @@ STAGES: dict[str, int] = {
     "patchcli.handover": 1,
     # 2. reading and writing files
     "patchcli.io": 2,
-    # 3. the inputs: config, manifests and subjects, and what identifies a run
+    # 3. the inputs: config, manifests and subjects, what identifies a run, and the
+    #    preprocessing transforms (checked by the config, run by the subject's work)
+    "patchcli.transforms": 3,
     "patchcli.config": 3,
     "patchcli.subjects": 3,
     "patchcli.fingerprint": 3,

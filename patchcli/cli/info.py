@@ -45,6 +45,7 @@ def info(output, as_json, show_config, allow_external):
 
 def format_description(description: dict, show_config: bool = False) -> str:
     """The text ``patchcli info`` prints."""
+    from ..transforms import describe_preprocess
     from ..units import count, format_bytes
 
     lines = [description["path"]]
@@ -78,6 +79,8 @@ def format_description(description: dict, show_config: bool = False) -> str:
     for key, value in description.get("parameters", {}).items():
         sampler += f", {key} {value}"
     lines.append(sampler)
+    if description.get("preprocess"):
+        lines.append(f"  preprocess: {describe_preprocess(description['preprocess'])}")
     subjects = description["subjects"]
     patches = description["patches"]
     lines.append(f"  {count(patches, 'patch')} from {count(len(subjects), 'subject')}")

@@ -1,0 +1,63 @@
+"""``Mask``: voxels outside a label image set to ``outside_value`` (TorchIO's ``Mask``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+
+import numpy as np
+
+from ...errors import ConfigError
+from ..image import Subject
+from ..transform import check_masking_method, mask_of
+from .base import IntensityTransform
+
+
+class Mask(IntensityTransform):
+    """Set ``intensity`` voxels outside ``masking_method`` (a label image; only ``labels``
+    of it, if given) to ``outside_value``, in the image's own dtype."""
+
+    name = "Mask"
+
+    def __init__(
+        self,
+        masking_method: str,
+        outside_value=0,
+        labels: Sequence[int] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(outside_value, bool) or not isinstance(outside_value, Real):
+            raise ConfigError(f"Mask: outside_value must be a number, not {outside_value!r}")
+        if labels is not None and (
+            isinstance(labels, str)
+            or not isinstance(labels, Sequence)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+        ):
+            raise ConfigError(f"Mask: labels must be a list of integers, not {labels!r}")
+        if masking_method is None:
+            raise ConfigError("Mask: masking_method must name a label image")
+        self.masking_method = masking_method
+        self.outside_value = outside_value
+        self.labels = None if labels is None else [int(v) for v in labels]
+
+    def arguments(self) -> dict:
+        return {
+            "masking_method": self.masking_method,
+            "outside_value": self.outside_value,
+            "labels": self.labels,
+        }
+
+    def check_names(self, image_types) -> None:
+        super().check_names(image_types)
+        check_masking_method(self.name, self.masking_method, image_types, "masking_method")
+
+    def apply(self, subject: Subject) -> None:
+        for image in self.images(subject):
+            mask = mask_of(subject, self.masking_method, image, self.labels, self.name)
+            data = image.data.copy()
+            data[~np.broadcast_to(mask, data.shape)] = self.outside_value
+            image.data = data
+
+
+__all__ = ["Mask"]

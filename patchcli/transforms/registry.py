@@ -1,0 +1,196 @@
+"""Transforms by TorchIO's class names: a config's ``preprocess`` list made into transforms.
+
+Each entry is a bare name (``ToCanonical``), ``{Name: {argument: value}}`` with
+TorchIO's argument names, or ``{Name: value}`` for the first argument alone
+(``Resample: 1.5``). Unknown names and arguments are refused with the closest
+known ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import ConfigError
+from .image import ImageGeometry, Subject
+from .intensity import Clamp, Mask, RescaleIntensity, ZNormalization
+from .label import RemapLabels
+from .spatial import Crop, CropOrPad, EnsureShapeMultiple, Pad, Resample, ToCanonical, ToOrientation
+from .transform import Transform
+
+TRANSFORMS: dict[str, type[Transform]] = {
+    cls.name: cls
+    for cls in (
+        ToCanonical,
+        ToOrientation,
+        Resample,
+        CropOrPad,
+        Crop,
+        Pad,
+        EnsureShapeMultiple,
+        ZNormalization,
+        RescaleIntensity,
+        Clamp,
+        Mask,
+        RemapLabels,
+    )
+}
+
+#: TorchIO's random transforms: augmentation, not preprocessing.
+RANDOM_TRANSFORMS = (
+    "RandomAffine",
+    "RandomAffineElasticDeformation",
+    "RandomAnisotropy",
+    "RandomBiasField",
+    "RandomBlur",
+    "RandomElasticDeformation",
+    "RandomFlip",
+    "RandomGamma",
+    "RandomGhosting",
+    "RandomLabelsToImage",
+    "RandomMotion",
+    "RandomNoise",
+    "RandomSpike",
+    "RandomSwap",
+)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _parameters(cls: type[Transform]) -> list[str]:
+    names = []
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        for name, parameter in inspect.signature(klass.__init__).parameters.items():
+            if name != "self" and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+                if name not in names:
+                    names.append(name)
+        if "kwargs" not in inspect.signature(klass.__init__).parameters:
+            break
+    return names
+
+
+def parse_transform(entry: Any, image_types: Mapping[str, str], where: str) -> Transform:
+    """One entry of a ``preprocess`` list as a transform, checked against the images."""
+    if isinstance(entry, str):
+        name, arguments = entry, {}
+    elif isinstance(entry, Mapping) and len(entry) == 1:
+        name, arguments = next(iter(entry.items()))
+    else:
+        raise ConfigError(
+            f"{where}: each transform is a name or {{Name: {{argument: value}}}}, not {entry!r}"
+        )
+    if not isinstance(name, str) or name not in TRANSFORMS:
+        if name in RANDOM_TRANSFORMS:
+            raise ConfigError(
+                f"{where}: {name} is a random transform (augmentation); preprocess takes "
+                "deterministic transforms"
+            )
+        raise ConfigError(
+            f"{where}: unknown transform {name!r}{_did_you_mean(str(name), TRANSFORMS)} "
+            f"(transforms: {', '.join(TRANSFORMS)})"
+        )
+    cls = TRANSFORMS[name]
+    parameters = _parameters(cls)
+    if arguments is None:
+        arguments = {}
+    elif not isinstance(arguments, Mapping):
+        if not parameters:
+            raise ConfigError(f"{where}: {name} takes no argument but {arguments!r} was given")
+        arguments = {parameters[0]: arguments}
+    for key in arguments:
+        if key not in parameters:
+            raise ConfigError(
+                f"{where}: {name} has no argument {key!r}{_did_you_mean(str(key), parameters)} "
+                f"(arguments: {', '.join(parameters)})"
+            )
+    try:
+        transform = cls(**arguments)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    except TypeError as error:  # a required argument missing
+        raise ConfigError(f"{where}: {name}: {error}") from None
+    try:
+        transform.check_names(image_types)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return transform
+
+
+def parse_transforms(
+    entries: Sequence[Any] | None, image_types: Mapping[str, str], key: str = "preprocess"
+) -> list[Transform]:
+    """The transforms of a config's ``preprocess`` list, in order.
+
+    Examples
+    --------
+    >>> steps = parse_transforms(
+    ...     ["ToCanonical", {"Resample": 1.5}, {"ZNormalization": {"masking_method": "seg"}}],
+    ...     {"t1": "intensity", "seg": "label"},
+    ... )
+    >>> [step.describe() for step in steps][1]
+    {'Resample': {'target': [1.5, 1.5, 1.5], 'image_interpolation': 'linear', \
+'label_interpolation': 'nearest'}}
+    """
+    if entries is None:
+        return []
+    if isinstance(entries, (str, Mapping)) or not isinstance(entries, Sequence):
+        raise ConfigError(f"{key} must be a list of transforms, not {entries!r}")
+    return [
+        parse_transform(entry, image_types, f"{key}[{number}]")
+        for number, entry in enumerate(entries)
+    ]
+
+
+def plan_transforms(
+    transforms: Sequence[Transform], images: dict[str, ImageGeometry]
+) -> dict[str, ImageGeometry]:
+    """The images' geometry and dtypes after every transform, from their headers."""
+    for transform in transforms:
+        images = transform.plan(images)
+    return images
+
+
+def apply_transforms(transforms: Sequence[Transform], subject: Subject) -> None:
+    """Run every transform on ``subject``, in order."""
+    for transform in transforms:
+        transform.apply(subject)
+
+
+def describe_transforms(transforms: Sequence[Transform]) -> list[dict[str, Any]]:
+    """Each transform with all its arguments, as recorded and fingerprinted."""
+    return [transform.describe() for transform in transforms]
+
+
+def describe_preprocess(entries: list) -> str:
+    """A ``preprocess`` list on one line: ``ToCanonical, Resample(target=1.5), ...``."""
+    parts = []
+    for entry in entries:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            parts.append(str(entry))
+            continue
+        name, arguments = next(iter(entry.items()))
+        if isinstance(arguments, dict):
+            inner = ", ".join(f"{key}={value}" for key, value in arguments.items())
+        else:
+            inner = "" if arguments is None else str(arguments)
+        parts.append(f"{name}({inner})" if inner else str(name))
+    return ", ".join(parts)
+
+
+__all__ = [
+    "RANDOM_TRANSFORMS",
+    "describe_preprocess",
+    "TRANSFORMS",
+    "apply_transforms",
+    "describe_transforms",
+    "parse_transform",
+    "parse_transforms",
+    "plan_transforms",
+]
