@@ -24,6 +24,8 @@ demo: install
 	$(BIN)/patchcli weighted configs/weighted.yaml --overwrite
 	$(BIN)/patchcli label configs/label.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --overwrite
+	$(BIN)/patchcli label configs/preprocess.yaml --dry-run
+	$(BIN)/patchcli label configs/preprocess.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --format nifti --output demo/out/grid_nifti --overwrite
 	rm -rf demo/out/cluster
 	$(BIN)/patchcli submit label configs/cluster.yaml --shards 2 --time 00:30:00 --dry-run

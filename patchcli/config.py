@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     ValidationError,
     field_validator,
     model_validator,
@@ -53,6 +54,14 @@ class ImageSpec(_Strict):
     shape: tuple[int, int, int] | None = None
     channels: int = Field(default=1, ge=1)
     dtype: str = "float32"
+    #: Voxel size in mm (with ``shape``, for ``preprocess`` in ``memory`` without files;
+    #: default 1 mm).
+    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
+
+    @field_validator("spacing", mode="before")
+    @classmethod
+    def _one_spacing(cls, value: Any) -> Any:
+        return (value,) * 3 if isinstance(value, (int, float)) else value
 
     @field_validator("dtype")
     @classmethod

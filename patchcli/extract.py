@@ -36,7 +36,13 @@ from .io.nifti import NiftiPatchWriter
 from .io.output import PatchOutput
 from .io.partial import PartialOutput
 from .io.space import free_bytes
-from .io.writer import PartialUnusable, SkippedSubject, SubjectRecord
+from .io.writer import (
+    PartialUnusable,
+    SkippedSubject,
+    SubjectRecord,
+    source_grids_from_plain,
+    source_grids_to_plain,
+)
 from .pipeline import Pipeline
 from .plan import (
     SAMPLERS,
@@ -265,6 +271,7 @@ def _record_json(record: SubjectRecord, csv_offset: int | None) -> dict:
     data = asdict(record)
     data["affine"] = record.affine.tolist()
     data["shape"] = list(record.shape)
+    data["source_grids"] = source_grids_to_plain(record.source_grids)
     if csv_offset is not None:
         data["csv_offset"] = csv_offset
     return data
@@ -279,6 +286,7 @@ def _record_from_json(data: Mapping) -> SubjectRecord:
         patch_start=int(data["patch_start"]),
         patch_count=int(data["patch_count"]),
         manifest_row=None if data.get("manifest_row") is None else int(data["manifest_row"]),
+        source_grids=source_grids_from_plain(data.get("source_grids")),
     )
 
 
@@ -401,6 +409,7 @@ def _write_subject(writer, spec: SubjectSpec, row: int, messages, bar, check_int
         row,
         start.count,
         manifest_row=spec.index,
+        source_grids=start.source_grids,
     )
     number = len(writer.subjects) - 1  # its row of the subjects table
     for index, block in enumerate(messages):

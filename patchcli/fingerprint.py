@@ -85,10 +85,15 @@ def _value(config: Config, key: str) -> Any:
 
 def fingerprint_payload(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> dict:
     """What :func:`config_fingerprint` digests, as plain JSON-able data."""
+    values = {key: _value(config, key) for key in FINGERPRINT_KEYS}
+    if not values["preprocess"]:
+        # Runs without preprocessing keep the fingerprint they had before it existed, so
+        # that their shards still merge and their .partial files still resume.
+        del values["preprocess"]
     return {
         "sampler": sampler,
         "images": {name: spec.type for name, spec in config.images.items()},
-        **{key: _value(config, key) for key in FINGERPRINT_KEYS},
+        **values,
         "manifest": [
             [spec.index, spec.id, spec.num_samples, {k: str(p) for k, p in spec.paths.items()}]
             for spec in subjects

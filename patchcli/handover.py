@@ -48,6 +48,8 @@ class SubjectStart:
     spatial_shape: tuple[int, int, int]
     count: int
     warnings: list[str]
+    #: Image name -> ``(shape, affine)`` before preprocessing (None without it).
+    source_grids: Mapping[str, tuple[tuple[int, int, int], np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)

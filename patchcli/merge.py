@@ -35,7 +35,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ from .io.atomic import atomic_output, size_on_disk
 from .io.claim import Claim
 from .io.compact import copy_chunks
 from .io.format import FORMAT_NAME
-from .io.hdf5 import STRING_DTYPE, compression_options, open_hdf5, write_skipped
-from .io.nifti import CSV_NAME, write_metadata, write_patch_nifti
+from .io.hdf5 import STRING_DTYPE, compression_options, open_hdf5, write_skipped, write_subjects
+from .io.nifti import CSV_NAME, subject_entry, write_metadata, write_patch_nifti
 from .io.reader import PatchOutput, read_patch_output
 from .io.writer import SkippedSubject
 from .progress import progress_bar
@@ -427,19 +427,11 @@ def _merge_hdf5(
             [s.subject_index + offset for s, offset in zip(shards, offsets, strict=False)]
         ).astype(np.int64)
         records = [
-            (record, start)
+            replace(record, patch_start=record.patch_start + start)
             for shard, start in zip(shards, starts, strict=False)
             for record in shard.subjects
         ]
-        group = merged.create_group("subjects")
-        group["id"] = np.array([r.id for r, _ in records], dtype=STRING_DTYPE)
-        group["affine"] = np.array([r.affine for r, _ in records], np.float64).reshape(-1, 4, 4)
-        group["shape"] = np.array([r.shape for r, _ in records], np.int64).reshape(-1, 3)
-        group["patch_start"] = np.array([r.patch_start + s for r, s in records], np.int64)
-        group["patch_count"] = np.array([r.patch_count for r, _ in records], np.int64)
-        group["manifest_row"] = np.array([r.manifest_row for r, _ in records], np.int64)
-        for name in first.images:
-            group[f"source/{name}"] = np.array([r.source[name] for r, _ in records], STRING_DTYPE)
+        write_subjects(merged, records, first.images)
         if checked.skipped:
             write_skipped(merged, checked.skipped)
         table = merged.create_group("shards")
@@ -524,15 +516,7 @@ def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
                         bar.update(1)
                 for record in shard.subjects:
                     subjects.append(
-                        {
-                            "id": record.id,
-                            "shape": list(record.shape),
-                            "affine": record.affine.tolist(),
-                            "source": record.source,
-                            "patch_start": start + record.patch_start,
-                            "patch_count": record.patch_count,
-                            "manifest_row": record.manifest_row,
-                        }
+                        subject_entry(replace(record, patch_start=start + record.patch_start))
                     )
                 start += shard.num_patches
     config = metadata.pop("config", "")

@@ -15,6 +15,7 @@ from .memory import ImageInfo, MemoryEstimate, estimate_memory, estimate_memory_
 from .queue import QueueTrace, TimingEstimate, estimate_timing, simulate_queue
 from .sampling.grid import grid_padding
 from .subjects import SubjectSpec, read_manifest, read_subject_headers
+from .transforms import ImageGeometry, plan_transforms
 
 
 def read_subjects_manifest(config: Config) -> list[SubjectSpec] | None:
@@ -53,7 +54,9 @@ def samples_per_subject(config: Config, specs: list[SubjectSpec] | None = None) 
 
 
 def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> list[list[ImageInfo]]:
-    """The images of every subject, from headers only or from the config's geometry."""
+    """The images of every subject, from headers only or from the config's geometry, as
+    TorchIO's Queue holds them: after ``preprocess`` (where a shape depends on the voxels,
+    a crop around a mask, the shape before it: an upper bound)."""
     if not config.images:
         raise ConfigError("images is required: a mapping of image name to type")
     specs = specs if specs is not None else read_subjects_manifest(config)
@@ -63,21 +66,53 @@ def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> li
             raise ConfigError(
                 f"images {missing} need a shape (or give subjects with existing files)"
             )
-        one = [
-            ImageInfo(name, spec.type, spec.channels, spec.shape, np.dtype(spec.dtype))
+        one = {
+            name: ImageGeometry(
+                name,
+                spec.type,
+                spec.shape,
+                np.diag([*(spec.spacing or (1.0, 1.0, 1.0)), 1.0]),
+                spec.channels,
+                np.dtype(spec.dtype),
+                f"images.{name}",
+            )
             for name, spec in config.images.items()
-        ]
-        return [one] * (config.num_subjects or 1)
+        }
+        return [_preprocessed(config, one)] * (config.num_subjects or 1)
     subjects = []
+    transforms = config.transforms
     for spec in specs:
-        headers = read_subject_headers(spec, config.reader, config.affine_tolerance)
-        subjects.append(
-            [
-                ImageInfo.from_header(name, config.images[name].type, header)
-                for name, header in headers.items()
-            ]
+        headers = read_subject_headers(
+            spec, config.reader, config.affine_tolerance, same_grid=not transforms
         )
+        images = {
+            name: ImageGeometry(
+                name,
+                config.images[name].type,
+                tuple(int(n) for n in header.spatial_shape),
+                header.affine,
+                header.channels,
+                header.dtype,
+                header.path,
+            )
+            for name, header in headers.items()
+        }
+        subjects.append(_preprocessed(config, images))
     return subjects
+
+
+def _preprocessed(config: Config, images: dict[str, ImageGeometry]) -> list[ImageInfo]:
+    planned = plan_transforms(config.transforms, images)
+    return [
+        ImageInfo(
+            name,
+            geometry.type,
+            geometry.channels,
+            geometry.shape if geometry.shape is not None else images[name].shape,
+            geometry.dtype,
+        )
+        for name, geometry in planned.items()
+    ]
 
 
 def _model_options(config: Config) -> dict:

@@ -77,6 +77,8 @@ class PreparedSubject:
     locations: LocationStream
     count: int
     warnings: list[str] = field(default_factory=list)
+    #: Image name -> ``(shape, affine)`` before preprocessing (None without it).
+    source_grids: dict | None = None
 
 
 def cast_volume(
@@ -142,12 +144,13 @@ def subject_locations(
 
 def _load_and_preprocess(
     settings: SamplingSettings, spec: SubjectSpec
-) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int, int]]:
-    """A subject's volumes after ``settings.transforms``, their shared affine and shape."""
+) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int, int], dict | None]:
+    """A subject's volumes after ``settings.transforms``, their shared affine and shape, and
+    each image's grid before them (None without preprocessing)."""
     preprocess = bool(settings.transforms)
     loaded = load_subject(spec, settings.reader, settings.tolerance, same_grid=not preprocess)
     if not preprocess:
-        return loaded.volumes, loaded.affine, loaded.spatial_shape
+        return loaded.volumes, loaded.affine, loaded.spatial_shape, None
     subject = Subject(
         spec.id,
         {
@@ -157,6 +160,7 @@ def _load_and_preprocess(
             for name, array in loaded.volumes.items()
         },
     )
+    source_grids = {image.name: (image.spatial_shape, image.affine) for image in subject}
     apply_transforms(settings.transforms, subject)
     check_same_geometry(
         spec.id,
@@ -174,7 +178,7 @@ def _load_and_preprocess(
                 f"{first.path}: subject {spec.id!r}: after preprocessing, {error}"
             ) from None
     volumes = {image.name: image.data for image in subject}
-    return volumes, first.affine, first.spatial_shape
+    return volumes, first.affine, first.spatial_shape, source_grids
 
 
 def prepare_subject(
@@ -189,7 +193,7 @@ def prepare_subject(
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PatchcliWarning)
-        volumes, affine, spatial_shape = _load_and_preprocess(settings, spec)
+        volumes, affine, spatial_shape, source_grids = _load_and_preprocess(settings, spec)
         if settings.padding_mode is not None:
             volumes = {
                 name: pad_volume(array, settings.padding, settings.padding_mode)
@@ -227,6 +231,7 @@ def prepare_subject(
         locations=locations,
         count=count,
         warnings=messages,
+        source_grids=source_grids,
     )
 
 
@@ -271,7 +276,13 @@ def subject_messages(
 ) -> Iterator[SubjectStart | Block]:
     """Load, sample and crop one subject: a :class:`SubjectStart`, then its blocks."""
     prepared = prepare_subject(settings, task.spec, task.count, process_buffers)
-    yield SubjectStart(prepared.affine, prepared.spatial_shape, task.count, prepared.warnings)
+    yield SubjectStart(
+        prepared.affine,
+        prepared.spatial_shape,
+        task.count,
+        prepared.warnings,
+        prepared.source_grids,
+    )
     if not task.count:
         return
     block_patches = max(1, min(block_patches, task.count))

@@ -23,6 +23,7 @@ from ..progress import progress_bar
 from ..sampling.geometry import Triplet
 from ..sampling.grid import grid_locations
 from ..subjects import check_subject_id
+from ..transforms.spatial.resample import INTERPOLATIONS, resample_to_grid
 from .aggregator import OVERLAP_MODES, GridAggregator, output_affine
 from .grid_file import GridFile, Rows, prediction_dataset
 
@@ -69,6 +70,8 @@ def aggregate_file(
     predictions_path: str | os.PathLike | None = None,
     prediction_name: str | None = None,
     dtype: Any = None,
+    source_grid: str | None = None,
+    interpolation: str | None = None,
     overwrite: bool = False,
     progress: bool | None = False,
 ) -> list[Path]:
@@ -98,6 +101,15 @@ def aggregate_file(
         file's only dataset). Outputs are named after it.
     dtype : numpy dtype, optional
         Output dtype (see :class:`GridAggregator`).
+    source_grid : str, optional
+        Write each volume on the grid image ``source_grid`` had before preprocessing
+        (its orientation, spacing and shape, as recorded by a run with ``preprocess``),
+        undoing the spatial preprocessing as TorchIO's ``apply_inverse_transform`` does;
+        voxels outside the preprocessed volume (cropped away) are 0.
+    interpolation : str, optional
+        How ``source_grid`` resamples: ``nearest`` (default for integer volumes, such as
+        label predictions), ``linear`` (default for float volumes), or any of
+        ``Resample``'s interpolations.
     overwrite : bool
         Replace existing outputs; otherwise any existing output is an error
         raised before anything is written.
@@ -121,6 +133,11 @@ def aggregate_file(
         )
     patches_path, output_dir = Path(patches_path), Path(output_dir)
     grid = GridFile(read_patch_output(patches_path))
+    back = None
+    if source_grid is not None:
+        back = _SourceGrids(grid, source_grid, interpolation)
+    elif interpolation is not None:
+        raise ConfigError("interpolation is for source_grid (--source-grid IMAGE)")
     if predictions_path is None:
         if image is None:
             raise ConfigError(f"{patches_path}: give the image to aggregate")
@@ -128,7 +145,16 @@ def aggregate_file(
         rows = grid.image_rows(image)
         try:
             return _aggregate_all(
-                grid, rows, image, (1, 1, 1), output_dir, overlap_mode, dtype, overwrite, progress
+                grid,
+                rows,
+                image,
+                (1, 1, 1),
+                output_dir,
+                overlap_mode,
+                dtype,
+                back,
+                overwrite,
+                progress,
             )
         finally:
             rows.close()
@@ -139,7 +165,7 @@ def aggregate_file(
         )
         _check_name(name, predictions_path)
         return _aggregate_all(
-            grid, rows, name, factor, output_dir, overlap_mode, dtype, overwrite, progress
+            grid, rows, name, factor, output_dir, overlap_mode, dtype, back, overwrite, progress
         )
 
 
@@ -151,10 +177,12 @@ def _aggregate_all(
     output_dir: Path,
     overlap_mode: str,
     dtype: Any,
+    back: _SourceGrids | None,
     overwrite: bool,
     progress: bool | None,
 ) -> list[Path]:
-    """Every subject of ``grid`` aggregated from ``rows`` into ``DIR/<subject>_<name>.nii.gz``."""
+    """Every subject of ``grid`` aggregated from ``rows`` into ``DIR/<subject>_<name>.nii.gz``
+    (on its source grid with ``back``)."""
     outputs = []
     for subject_id in grid.ids:
         check_subject_id(subject_id, str(grid.path))
@@ -168,10 +196,41 @@ def _aggregate_all(
         for row, path in enumerate(outputs):
             volume = _aggregate_subject(grid, row, rows, factor, overlap_mode, dtype, bar)
             affine = output_affine(grid.affines[row], factor)
+            if back is not None:
+                volume, affine = back.resample(row, volume, affine)
             with atomic_output(path, overwrite) as temporary:
                 _write_nifti(temporary, volume, affine)
             del volume
     return outputs
+
+
+class _SourceGrids:
+    """Each subject's grid before preprocessing, for image ``name``, and the way back."""
+
+    def __init__(self, grid: GridFile, name: str, interpolation: str | None) -> None:
+        if interpolation is not None and interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+            )
+        if name not in grid.output.images:
+            raise ConfigError(
+                f"{grid.path}: source_grid {name!r} is not an image of it "
+                f"(images: {', '.join(grid.output.images)})"
+            )
+        self.grid, self.name, self.interpolation = grid, name, interpolation
+        for record in grid.output.subjects:
+            if not record.source_grids or name not in record.source_grids:
+                raise DataError(
+                    f"{grid.path}: subject {record.id!r} has no grid before preprocessing "
+                    "(its run had no preprocess: its volumes are on their source grid already)"
+                )
+
+    def resample(self, row: int, volume: np.ndarray, affine: np.ndarray):
+        shape, source_affine = self.grid.output.subjects[row].source_grids[self.name]
+        interpolation = self.interpolation or (
+            "linear" if np.dtype(volume.dtype).kind == "f" else "nearest"
+        )
+        return resample_to_grid(volume, affine, shape, source_affine, interpolation)
 
 
 def _aggregate_subject(

@@ -32,16 +32,37 @@ from .common import DtypeType, run_command, show_progress
 @click.option(
     "--dtype", type=DtypeType(), help="Output dtype (default: crop keeps it, average/hann float32)."
 )
+@click.option(
+    "--source-grid",
+    metavar="IMAGE",
+    help="Write each volume on IMAGE's grid before preprocessing (undoes the spatial preprocess).",
+)
+@click.option(
+    "--interpolation",
+    help="With --source-grid: nearest (default for integer volumes), linear (default for "
+    "float volumes), bspline, ...",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @run_command
 def aggregate(
-    patches, image, output_dir, overlap_mode, predictions, prediction_name, dtype, overwrite, quiet
+    patches,
+    image,
+    output_dir,
+    overlap_mode,
+    predictions,
+    prediction_name,
+    dtype,
+    source_grid,
+    interpolation,
+    overwrite,
+    quiet,
 ):
     """Reassemble every subject of a grid output into one NIfTI per subject.
 
     PATCHES is a grid output: an HDF5 file, a merge of grid shards, or a NIfTI
-    folder. The volumes get their source's shape and affine (padding removed).
+    folder. The volumes get their source's shape and affine (padding removed), or,
+    with --source-grid, the grid an image had before the run's preprocess.
 
     \b
     Example:
@@ -57,6 +78,8 @@ def aggregate(
         predictions_path=predictions,
         prediction_name=prediction_name,
         dtype=dtype,
+        source_grid=source_grid,
+        interpolation=interpolation,
         overwrite=overwrite,
         progress=show_progress(quiet),
     )

@@ -302,26 +302,13 @@ class Hdf5PatchWriter(PatchWriter):
         if self.holes:
             self._compact()
         rows = self.subjects
-        table = sum(200 + sum(len(p) for p in r.source.values()) for r in rows)
+        table = sum(
+            200 + sum(len(p) for p in r.source.values()) + 160 * len(r.source_grids or ())
+            for r in rows
+        )
         if _METADATA_MARGIN + table > self._own_reserve:
             self._reserve(_METADATA_MARGIN + table, _METADATA_MARGIN + table)
-        group = self.file.create_group("subjects")
-        tables = {
-            "id": np.array([r.id for r in rows], dtype=STRING_DTYPE),
-            "affine": np.array([r.affine for r in rows], np.float64).reshape(-1, 4, 4),
-            "shape": np.array([r.shape for r in rows], np.int64).reshape(-1, 3),
-            "patch_start": np.array([r.patch_start for r in rows], np.int64),
-            "patch_count": np.array([r.patch_count for r in rows], np.int64),
-            "manifest_row": np.array(
-                [-1 if r.manifest_row is None else r.manifest_row for r in rows], np.int64
-            ),
-        }
-        for key, values in tables.items():
-            group.create_dataset(key, data=values)
-        sources = group.create_group("source")
-        for name in self.image_names:
-            paths = np.array([r.source[name] for r in rows], dtype=STRING_DTYPE)
-            sources.create_dataset(name, data=paths)
+        write_subjects(self.file, rows, self.image_names)
         if self.skipped:
             write_skipped(self.file, self.skipped_in_manifest_order())
         self.file.close()
@@ -394,6 +381,42 @@ def _unstored_rows(dataset: h5py.Dataset, done: Sequence[SubjectRecord]) -> int:
 
     dataset.id.chunk_iter(visit)
     return int((needed & ~stored).sum())
+
+
+def write_subjects(
+    file: h5py.File, records: Sequence[SubjectRecord], image_names: Sequence[str]
+) -> None:
+    """The ``/subjects`` table: id, affine, shape, rows, manifest row and source paths of
+    each subject, and the grid of each image before preprocessing where there was some
+    (``/subjects/source_grid/<image>/shape`` and ``affine``)."""
+    group = file.create_group("subjects")
+    tables = {
+        "id": np.array([r.id for r in records], dtype=STRING_DTYPE),
+        "affine": np.array([r.affine for r in records], np.float64).reshape(-1, 4, 4),
+        "shape": np.array([r.shape for r in records], np.int64).reshape(-1, 3),
+        "patch_start": np.array([r.patch_start for r in records], np.int64),
+        "patch_count": np.array([r.patch_count for r in records], np.int64),
+        "manifest_row": np.array(
+            [-1 if r.manifest_row is None else r.manifest_row for r in records], np.int64
+        ),
+    }
+    for key, values in tables.items():
+        group.create_dataset(key, data=values)
+    sources = group.create_group("source")
+    for name in image_names:
+        paths = np.array([r.source.get(name, "") for r in records], dtype=STRING_DTYPE)
+        sources.create_dataset(name, data=paths)
+    if records and any(r.source_grids is not None for r in records):
+        grids = group.create_group("source_grid")
+        for name in image_names:
+            # A subject without a record of its own (none in one run's file) gets -1 and NaN.
+            shapes = np.full((len(records), 3), -1, np.int64)
+            affines = np.full((len(records), 4, 4), np.nan)
+            for row, record in enumerate(records):
+                if record.source_grids is not None and name in record.source_grids:
+                    shapes[row], affines[row] = record.source_grids[name]
+            grids.create_dataset(f"{name}/shape", data=shapes)
+            grids.create_dataset(f"{name}/affine", data=affines)
 
 
 def write_skipped(file: h5py.File, skipped: Sequence[SkippedSubject]) -> None:
@@ -503,6 +526,13 @@ def read_subjects(file: h5py.File, path: str | os.PathLike) -> list[SubjectRecor
             name: decode_strings(group["source"][name][()])
             for name in (group["source"] if "source" in group else ())
         }
+        grids = {
+            name: (
+                np.asarray(group[f"source_grid/{name}/shape"][()], np.int64).reshape(-1, 3),
+                np.asarray(group[f"source_grid/{name}/affine"][()], np.float64).reshape(-1, 4, 4),
+            )
+            for name in (group["source_grid"] if "source_grid" in group else ())
+        }
     except KeyError as error:
         raise DataError(
             f"{path}: incomplete patchcli patch file (missing {error.args[0]!s})"
@@ -516,6 +546,12 @@ def read_subjects(file: h5py.File, path: str | os.PathLike) -> list[SubjectRecor
             patch_start=int(starts[row]),
             patch_count=int(counts[row]),
             manifest_row=None if manifest_rows[row] < 0 else int(manifest_rows[row]),
+            source_grids={
+                name: (tuple(int(n) for n in shapes_[row]), affines_[row])
+                for name, (shapes_, affines_) in grids.items()
+                if shapes_[row][0] >= 0
+            }
+            or None,
         )
         for row in range(len(ids))
     ]

@@ -30,7 +30,13 @@ from ..sampling.geometry import patch_affine
 from .atomic import FOLDER_MARKER
 from .format import FORMAT_NAME, FORMAT_VERSION
 from .space import is_disk_full, write_error
-from .writer import PartialUnusable, PatchWriter, SkippedSubject, SubjectRecord
+from .writer import (
+    PartialUnusable,
+    PatchWriter,
+    SkippedSubject,
+    SubjectRecord,
+    source_grids_to_plain,
+)
 
 CSV_NAME = "patches.csv"
 
@@ -175,18 +181,7 @@ class NiftiPatchWriter(PatchWriter):
         if self._stream.closed:
             return
         self._stream.close()
-        self.metadata["subjects"] = [
-            {
-                "id": record.id,
-                "shape": list(record.shape),
-                "affine": record.affine.tolist(),
-                "source": record.source,
-                "patch_start": record.patch_start,
-                "patch_count": record.patch_count,
-                **({} if record.manifest_row is None else {"manifest_row": record.manifest_row}),
-            }
-            for record in self.compacted_subjects()
-        ]
+        self.metadata["subjects"] = [subject_entry(r) for r in self.compacted_subjects()]
         if self.skipped:
             self.metadata["skipped_subjects"] = [
                 asdict(skipped) for skipped in self.skipped_in_manifest_order()
@@ -202,6 +197,23 @@ class NiftiPatchWriter(PatchWriter):
                 # A full disk: the unflushed rows are lost, and not needed: a resumed
                 # run cuts the table back to its last checkpoint.
                 pass
+
+
+def subject_entry(record: SubjectRecord) -> dict[str, Any]:
+    """A subject's entry in ``patchcli.yaml``'s ``subjects`` list."""
+    entry: dict[str, Any] = {
+        "id": record.id,
+        "shape": list(record.shape),
+        "affine": record.affine.tolist(),
+        "source": record.source,
+        "patch_start": record.patch_start,
+        "patch_count": record.patch_count,
+    }
+    if record.manifest_row is not None:
+        entry["manifest_row"] = record.manifest_row
+    if record.source_grids is not None:
+        entry["source_grid"] = source_grids_to_plain(record.source_grids)
+    return entry
 
 
 def write_metadata(folder: Path, metadata: Mapping[str, Any]) -> None:

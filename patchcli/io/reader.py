@@ -32,7 +32,7 @@ from .handles import HandleCache
 from .hdf5 import damage_reason, decode_strings, open_hdf5, plain_value, read_skipped, read_subjects
 from .nifti import CSV_NAME, read_nifti_patch
 from .output import Part, PatchOutput
-from .writer import SkippedSubject, SubjectRecord
+from .writer import SkippedSubject, SubjectRecord, source_grids_from_plain
 
 #: How a user accepts a file that reads from outside its folder.
 _ALLOW = "refused unless allowed: allow_external=True, or info --allow-external"
@@ -295,6 +295,7 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
                     patch_start=int(rows[0]) if len(rows) else int(row.get("patch_start", 0)),
                     patch_count=len(rows),
                     manifest_row=None if manifest_row is None else int(manifest_row),
+                    source_grids=source_grids_from_plain(row.get("source_grid")),
                 )
             )
     except (KeyError, TypeError, ValueError) as error:

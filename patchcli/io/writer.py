@@ -16,6 +16,33 @@ import numpy as np
 
 from ..errors import DataError
 
+#: An image's grid: spatial shape and affine.
+SourceGrid = tuple[tuple[int, int, int], np.ndarray]
+
+
+def source_grids_to_plain(grids: Mapping[str, SourceGrid] | None) -> dict | None:
+    """Source grids as plain YAML/JSON values: ``{image: {"shape": [...], "affine": [...]}}``."""
+    if grids is None:
+        return None
+    return {
+        name: {"shape": [int(n) for n in shape], "affine": np.asarray(affine).tolist()}
+        for name, (shape, affine) in grids.items()
+    }
+
+
+def source_grids_from_plain(data: Mapping | None) -> dict[str, SourceGrid] | None:
+    """The inverse of :func:`source_grids_to_plain` (KeyError, TypeError or ValueError when
+    malformed)."""
+    if data is None:
+        return None
+    return {
+        str(name): (
+            tuple(int(n) for n in grid["shape"]),  # type: ignore[misc]
+            np.asarray(grid["affine"], dtype=np.float64).reshape(4, 4),
+        )
+        for name, grid in data.items()
+    }
+
 
 class PartialUnusable(DataError):
     """A ``.partial`` that cannot be continued (a kill left it unreadable): start again.
@@ -36,6 +63,9 @@ class SubjectRecord:
     patch_count: int
     #: The subject's row in the run's whole manifest (None in files of format version 1).
     manifest_row: int | None = None
+    #: Image name -> ``(shape, affine)`` of its grid before preprocessing (None without
+    #: preprocessing): where ``aggregate --source-grid`` puts predictions back.
+    source_grids: Mapping[str, SourceGrid] | None = None
 
 
 #: When a skipped subject was found bad: before the run (from its headers), or by its worker.
@@ -90,6 +120,7 @@ class PatchWriter:
         patch_start: int,
         patch_count: int,
         manifest_row: int | None = None,
+        source_grids: Mapping[str, SourceGrid] | None = None,
     ) -> None:
         """Start a subject whose patches are rows ``[patch_start, patch_start + patch_count)``."""
         self.subjects.append(
@@ -101,6 +132,7 @@ class PatchWriter:
                 patch_start=int(patch_start),
                 patch_count=int(patch_count),
                 manifest_row=None if manifest_row is None else int(manifest_row),
+                source_grids=None if source_grids is None else dict(source_grids),
             )
         )
 

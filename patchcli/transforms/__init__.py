@@ -16,6 +16,7 @@ from .registry import (
     parse_transforms,
     plan_transforms,
 )
+from .spatial.resample import resample_to_grid
 from .transform import Transform
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "describe_transforms",
     "parse_transforms",
     "plan_transforms",
+    "resample_to_grid",
 ]

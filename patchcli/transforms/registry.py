@@ -101,9 +101,10 @@ def parse_transform(entry: Any, image_types: Mapping[str, str], where: str) -> T
     if arguments is None:
         arguments = {}
     elif not isinstance(arguments, Mapping):
-        if not parameters:
+        own = [key for key in parameters if key not in ("include", "exclude")]
+        if not own:
             raise ConfigError(f"{where}: {name} takes no argument but {arguments!r} was given")
-        arguments = {parameters[0]: arguments}
+        arguments = {own[0]: arguments}
     for key in arguments:
         if key not in parameters:
             raise ConfigError(

@@ -128,8 +128,8 @@ def check_masking_method(
         )
     if image_types[masking_method] != LABEL:
         raise ConfigError(
-            f"{transform}: {key} {masking_method!r} is a {image_types[masking_method]} image; "
-            "a mask must be a label image"
+            f"{transform}: {key} {masking_method!r} is an image of type "
+            f"{image_types[masking_method]}; a mask must be a label image"
         )
 
 

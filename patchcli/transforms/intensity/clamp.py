@@ -6,7 +6,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from ..image import ImageGeometry, Subject
 from .base import IntensityTransform
 
@@ -46,6 +46,13 @@ class Clamp(IntensityTransform):
             low, high = self.out_min, self.out_max
             if dtype.kind in "iu":  # bounds beyond the dtype's range change nothing
                 limits = np.iinfo(dtype)
+                if (low is not None and low > limits.max) or (
+                    high is not None and high < limits.min
+                ):
+                    raise DataError(
+                        f"{image.path}: subject {subject.id!r}: Clamp: the window "
+                        f"[{self.out_min}, {self.out_max}] lies outside {dtype}'s range"
+                    )
                 low = None if low is None else max(int(low), limits.min)
                 high = None if high is None else min(int(high), limits.max)
             image.data = np.clip(data, low, high)

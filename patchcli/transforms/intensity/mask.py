@@ -7,7 +7,7 @@ from numbers import Real
 
 import numpy as np
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from ..image import Subject
 from ..transform import check_masking_method, mask_of
 from .base import IntensityTransform
@@ -56,6 +56,13 @@ class Mask(IntensityTransform):
         for image in self.images(subject):
             mask = mask_of(subject, self.masking_method, image, self.labels, self.name)
             data = image.data.copy()
+            if data.dtype.kind in "iu" and not (
+                np.iinfo(data.dtype).min <= self.outside_value <= np.iinfo(data.dtype).max
+            ):
+                raise DataError(
+                    f"{image.path}: subject {subject.id!r}: Mask: outside_value "
+                    f"{self.outside_value} does not fit the image's dtype {data.dtype}"
+                )
             data[~np.broadcast_to(mask, data.shape)] = self.outside_value
             image.data = data
 

@@ -17,7 +17,7 @@ class ZNormalization(IntensityTransform):
     deviation, as in TorchIO without a mask.
 
     An empty mask, or values all equal inside it, is an error naming the file (TorchIO
-    divides by zero: its result is NaN or infinite).
+    gives NaN for an empty mask, and stops with a RuntimeError for a constant image).
 
     Examples
     --------
@@ -54,7 +54,8 @@ class ZNormalization(IntensityTransform):
                 raise DataError(f"{where}: NaN or infinite values{inside}")
             if std == 0:
                 raise DataError(
-                    f"{where}: every value{inside} is {values.flat[0]!r} (standard deviation 0)"
+                    f"{where}: every value{inside} is {float(values.flat[0])} "
+                    "(standard deviation 0)"
                 )
             data -= np.float32(mean)
             data /= np.float32(std)

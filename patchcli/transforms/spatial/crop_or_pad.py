@@ -217,7 +217,10 @@ class CropOrPad(Transform):
                 planned[name] = geometry.with_grid(None, None)
                 continue
             target = self._target_voxels(geometry.shape, geometry.affine)
-            if target is None:  # a mask's bounding box, or mm without a known spacing
+            partial = self.mask_name is not None and (self.only_crop or self.only_pad)
+            if target is None or partial:
+                # A mask's bounding box, mm without a known spacing, or one of padding and
+                # cropping around a mask (which may both act on one axis): known from voxels.
                 planned[name] = geometry.with_grid(None, None)
                 continue
             check_voxels(self.name, geometry, target)

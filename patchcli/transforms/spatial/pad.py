@@ -36,7 +36,9 @@ def pad_array(data: np.ndarray, padding, mode) -> np.ndarray:
     elif mode == "maximum":
         constant = data.max().item()
     elif mode == "mean":
-        constant = data.astype(np.float32).mean(dtype=np.float64).item()
+        # The exact mean rounded to float32, as torch's (nearly exact) float32 mean gives
+        # it: an integer image's constant is then truncated alike (1999.99995 -> 2000).
+        constant = float(np.float32(data.mean(dtype=np.float64)))
     elif mode == "median":
         constant = float(np.median(data.astype(np.float32)))
     elif mode == "minimum":

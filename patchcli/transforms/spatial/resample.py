@@ -164,25 +164,15 @@ class Resample(Transform):
         data = image.data
         if self._to_float(image.type, data.dtype):
             data = data.astype(np.float32)
-        elif data.dtype == bool:
-            data = data.astype(np.uint8)
-        floating = to_sitk(data, image.affine)
-        resampler = sitk.ResampleImageFilter()
-        resampler.SetInterpolator(INTERPOLATIONS[self._interpolation(image.type)])
+        interpolation = self._interpolation(image.type)
         if grid is None:
+            floating = to_sitk(_sitk_dtype(data), image.affine)
             size, origin, spacing, direction = _reference_grid(floating, self.target)
+            image.data, image.affine = _execute(
+                floating, data.dtype, interpolation, size, origin, spacing, direction
+            )
         else:
-            shape, affine = grid
-            size = [int(n) for n in shape]
-            origin, spacing, direction = sitk_metadata(affine)
-        resampler.SetOutputDirection(direction)
-        resampler.SetOutputOrigin(origin)
-        resampler.SetOutputSpacing(spacing)
-        resampler.SetSize(size)
-        resampled, affine = from_sitk(resampler.Execute(floating))
-        if image.data.dtype == bool:
-            resampled = resampled.astype(bool)
-        image.data, image.affine = resampled, affine
+            image.data, image.affine = resample_to_grid(data, image.affine, *grid, interpolation)
 
     def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
         planned = dict(images)
@@ -203,6 +193,47 @@ class Resample(Transform):
                 check_voxels(self.name, geometry, shape)
             planned[name] = geometry.with_grid(shape, affine).with_dtype(dtype)
         return planned
+
+
+def _sitk_dtype(data: np.ndarray) -> np.ndarray:
+    # SimpleITK has no boolean pixels.
+    return data.astype(np.uint8) if data.dtype == bool else data
+
+
+def _execute(floating, dtype, interpolation, size, origin, spacing, direction):
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetInterpolator(INTERPOLATIONS[interpolation])
+    resampler.SetOutputDirection(direction)
+    resampler.SetOutputOrigin(origin)
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetSize([int(n) for n in size])
+    data, affine = from_sitk(resampler.Execute(floating))
+    return (data.astype(bool) if np.dtype(dtype).kind == "b" else data), affine
+
+
+def resample_to_grid(
+    data: np.ndarray,
+    affine: np.ndarray,
+    shape,
+    target_affine: np.ndarray,
+    interpolation: str = "linear",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` (C, X, Y, Z) with ``affine``, resampled onto the grid ``shape`` and
+    ``target_affine`` through world coordinates (SimpleITK, as TorchIO's ``Resample`` to
+    an image); voxels outside ``data`` are 0. Returns the data, in ``data``'s dtype, and
+    its affine.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    >>> twice, _ = resample_to_grid(data, np.diag([2.0, 2, 2, 1]), (4, 4, 4), np.eye(4))
+    >>> twice.shape, float(twice[0, 2, 2, 2])
+    ((1, 4, 4, 4), 7.0)
+    """
+    origin, spacing, direction = sitk_metadata(target_affine)
+    floating = to_sitk(_sitk_dtype(data), affine)
+    return _execute(floating, data.dtype, interpolation, shape, origin, spacing, direction)
 
 
 def _reference_grid(floating: sitk.Image, spacing: Sequence[float]):
@@ -230,4 +261,4 @@ def _reference_grid(floating: sitk.Image, spacing: Sequence[float]):
     )
 
 
-__all__ = ["INTERPOLATIONS", "Resample", "reference_grid"]
+__all__ = ["INTERPOLATIONS", "Resample", "reference_grid", "resample_to_grid"]

@@ -91,8 +91,8 @@ class ToCanonical(ToOrientation):
 
     name = "ToCanonical"
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__("RAS", **kwargs)
+    def __init__(self, include=None, exclude=None) -> None:
+        super().__init__("RAS", include=include, exclude=exclude)
 
     def arguments(self) -> dict:
         return {}
