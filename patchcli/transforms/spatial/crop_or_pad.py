@@ -163,15 +163,10 @@ class CropOrPad(Transform):
             )
             return self._centre_bounds(shape, target if target is not None else shape)
         found = mask.any(axis=0)
-        low = np.array(
-            [np.flatnonzero(found.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1))]
-        )
-        high = (
-            np.array(
-                [np.flatnonzero(found.any(axis=axes))[-1] for axes in ((1, 2), (0, 2), (0, 1))]
-            )
-            + 1
-        )
+        # The bounding box of the mask: first and one past the last voxel along each axis.
+        extents = [np.flatnonzero(found.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+        low = np.array([extent[0] for extent in extents])
+        high = np.array([extent[-1] + 1 for extent in extents])
         centre = np.mean((low, high), axis=0)
         target = high - low if target is None else target
         padding, cropping = [], []

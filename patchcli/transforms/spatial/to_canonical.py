@@ -39,10 +39,9 @@ class ToOrientation(Transform):
     def __init__(self, orientation: str = "RAS", **kwargs) -> None:
         super().__init__(**kwargs)
         code = orientation.upper() if isinstance(orientation, str) else ""
-        axes = [set("RL"), set("AP"), set("SI")]
-        if len(code) != 3 or sorted(
-            next((i for i, axis in enumerate(axes) if c in axis), 9) for c in code
-        ) != [0, 1, 2]:
+        # One letter of each pair, in any order: RAS, LPS, PLS, SLP, ...
+        pairs = sorted("RLAPSI".index(letter) // 2 for letter in code if letter in "RLAPSI")
+        if len(code) != 3 or pairs != [0, 1, 2]:
             raise ConfigError(
                 f"{self.name}: orientation must be three letters, one of R/L, A/P and S/I "
                 f"each (e.g. RAS, LPS), not {orientation!r}"
