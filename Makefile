@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/bench_reader.py --patches 2000 --workers 0 2 --batch-size 32 --out-json bench/results/reader.json
 	$(BIN)/python bench/bench_queue.py --workdir /dev/shm --out-json bench/results/queue.json
 	$(BIN)/python bench/bench_merge.py --shards 1000 --out-json bench/results/merge.json
+	$(BIN)/python bench/bench_preprocess.py --out-json bench/results/preprocess.json
 
 lint: install
 	$(BIN)/ruff check patchcli tests bench

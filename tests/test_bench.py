@@ -76,3 +76,23 @@ def test_merge_benchmark_runs(tmp_path, torch):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(output.read_text())
+
+
+def test_preprocessing_benchmark_runs(tmp_path, torchio):
+    output = tmp_path / "preprocess.json"
+    result = _run(
+        "bench_preprocess.py", *SMALL, "--patches", 10, "--subjects", 1, 2,
+        "--torchio-workers", 0, 2, "--workdir", tmp_path, "--out-json", output,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(output.read_text())
+    contenders = {"patchcli", "patchcli none", "torchio", "torchio loader 2"}
+    assert set(results["per_subject"]) == contenders
+    assert results["torchio_best"] in {"torchio", "torchio loader 2"}
+    assert set(results["speedup_vs_torchio"]) == {"patchcli", "patchcli none"}
+    transforms = {"ToCanonical", "Resample", "ZNormalization", "RescaleIntensity"}
+    patchcli, reference = results["breakdown"]["patchcli"], results["breakdown"]["torchio"]
+    assert transforms | {"load", "sampling", "crop", "total lz4", "total none"} <= set(patchcli)
+    assert transforms | {"load", "sampling + crop", "write", "total"} <= set(reference)
+    assert all(seconds >= 0 for seconds in [*patchcli.values(), *reference.values()])
+    assert "vs torchio" in result.stdout
