@@ -24,6 +24,7 @@ from .io.volumes import read_volume
 from .plan import plan_extraction
 from .sampling import pad_volume
 from .subject_work import prepare_subject
+from .transforms import Image, Subject, apply_transforms, parse_transforms
 
 
 @dataclass
@@ -69,7 +70,8 @@ def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> 
     output = read_patch_output(path)
     index = _pick(output.subjects, subject, lambda record: record.id, config_path=output.path)
     record = output.subjects[index]
-    volumes = {}
+    image_types = dict(zip(output.images, output.image_types, strict=True))
+    images = {}
     for name in output.images:
         source = record.source.get(name)
         if not source or not Path(source).exists():
@@ -77,8 +79,13 @@ def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> 
                 f"{output.path}: subject {record.id!r}: source image {name} not found at "
                 f"{source!r}; preview draws over the source images"
             )
-        volumes[name] = read_volume(source).array
+        volume = read_volume(source)
+        images[name] = Image(name, image_types[name], volume.array, volume.affine, source)
     config = yaml.safe_load(output.attributes.get("config") or "") or {}
+    # The stored locations are on the preprocessed grid: preprocess the sources alike.
+    subject = Subject(record.id, images)
+    apply_transforms(parse_transforms(config.get("preprocess"), image_types), subject)
+    volumes = {image.name: image.data for image in subject}
     padding = tuple(int(p) for p in np.asarray(output.padding).reshape(-1)[:3])
     if any(padding):
         mode = config.get("padding_mode", 0)
@@ -89,7 +96,7 @@ def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> 
         subject=record.id,
         sampler=sampler,
         volumes=volumes,
-        image_types=dict(zip(output.images, output.image_types, strict=True)),
+        image_types=image_types,
         locations=output.locations[output.subject_index == index],
         patch_size=tuple(int(p) for p in output.patch_size),
         map_name=config.get("probability_map") or config.get("label_name"),

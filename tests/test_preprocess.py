@@ -753,3 +753,19 @@ def test_a_progress_journal_record_keeps_the_source_grids():
     assert _record_from_json(json.loads(json.dumps(_record_json(
         SubjectRecord("s1", np.eye(4), (1, 1, 1), {}, 0, 0), None
     )))).source_grids is None  # fmt: skip
+
+
+def test_preview_draws_the_preprocessed_volumes_from_a_config_and_from_an_output(tmp_path, lps):
+    """Stored locations are on the preprocessed grid: a preview, from the config or from
+    the output, draws them over the preprocessed volumes, not the sources."""
+    from patchcli.preview import preview_from_config, preview_from_output
+
+    config = _config(tmp_path, lps, preprocess=PREPROCESS)
+    path = extract(config, "label").path
+    record = read_patch_output(path).subjects[0]
+    expected = _preprocessed(lps, IMAGES, PREPROCESS)[record.id]
+    for data in (preview_from_config(config, "label"), preview_from_output(path)):
+        assert data.subject == record.id
+        for name, volume in data.volumes.items():
+            assert volume.shape[1:] == record.shape
+            np.testing.assert_allclose(volume, expected["volumes"][name], rtol=1e-6, atol=1e-6)
