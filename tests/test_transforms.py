@@ -590,3 +590,27 @@ def test_remap_labels_reads_the_original_values():
     expected[seg == 1], expected[seg == 2], expected[seg == 3] = 2, 3, 1
     np.testing.assert_array_equal(subject["seg"].data, expected)
     assert subject["seg"].data.dtype == np.uint8
+
+
+def test_resample_scalars_only_leaves_labels_and_maps_alone_in_plan_and_result():
+    spec = subject_spec("lps")
+    config = [{"Resample": {"target": 2.0, "scalars_only": True}}]
+    planned = plan_transforms(parse_transforms(config, image_types(spec)), geometries(spec))
+    subject = run(config, spec)
+    for name in ("seg", "prob"):
+        assert planned[name].shape == spec[name][1].shape[1:]
+        np.testing.assert_array_equal(subject[name].data, spec[name][1])
+    assert subject["t1"].data.shape != spec["t1"][1].shape
+    assert_plan_holds(planned, subject, "shape")
+
+
+def test_resample_antialias_smooths_only_intensities_and_keeps_the_plan():
+    spec = subject_spec("lps")
+    plain = run([{"Resample": 3.0}], spec)
+    smooth = run([{"Resample": {"target": 3.0, "antialias": True}}], spec)
+    # Downsampling threefold with a Gaussian first: less variance than without it.
+    assert smooth["t1"].data.std() < plain["t1"].data.std()
+    np.testing.assert_array_equal(smooth["seg"].data, plain["seg"].data)
+    config = [{"Resample": {"target": 3.0, "antialias": True}}]
+    planned = plan_transforms(parse_transforms(config, image_types(spec)), geometries(spec))
+    assert_plan_holds(planned, smooth, "shape")

@@ -954,3 +954,28 @@ def test_remap_labels_to_a_value_out_of_the_dtype_is_refused_where_torchio_wraps
     assert 255 in theirs["seg"].numpy()
     with pytest.raises(DataError, match="label -1 does not fit the image's dtype uint8"):
         run([{"RemapLabels": {"remapping": {1: -1}}}], spec)
+
+
+# --- Resample's antialias and scalars_only ----------------------------------------
+
+
+@pytest.mark.parametrize("grid", ["lps", "oblique"])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"target": 2.5, "antialias": True},
+        {"target": [2.5, 0.8, 3.0], "antialias": True},
+        {"target": 2.0, "scalars_only": True},
+        {"target": "t1", "antialias": True},
+    ],
+)
+def test_resample_with_antialias_or_scalars_only_matches_torchio(torchio, torch, grid, arguments):
+    # With antialias, every intensity image is smoothed along the axes it is downsampled
+    # on before resampling: the same Gaussian (SimpleITK's recursive filter, TorchIO's
+    # widths) and the same resampler, so the voxels are TorchIO's exactly.
+    spec = two_grid_spec(grid) if arguments["target"] == "t1" else subject_spec(grid)
+    target = arguments["target"]
+    target = tuple(target) if isinstance(target, list) else target
+    options = {key: value for key, value in arguments.items() if key != "target"}
+    config = [{"Resample": arguments}]
+    check_parity(torchio, torch, spec, config, [torchio.Resample(target, **options)])

@@ -101,6 +101,11 @@ class Resample(Transform):
         For ``intensity`` images: ``linear`` (default), ``nearest``, ``bspline``, ...
     label_interpolation : str
         For ``label`` and ``sampling_map`` images: ``nearest`` (default).
+    scalars_only : bool
+        Resample ``intensity`` images only.
+    antialias : bool
+        Smooth ``intensity`` images along the axes they are downsampled on first, with
+        TorchIO's Gaussian widths.
     """
 
     name = "Resample"
@@ -110,9 +115,16 @@ class Resample(Transform):
         target=1,
         image_interpolation: str = "linear",
         label_interpolation: str = "nearest",
+        scalars_only: bool = False,
+        antialias: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        for key, value in (("scalars_only", scalars_only), ("antialias", antialias)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"Resample: {key} must be true or false, not {value!r}")
+        self.scalars_only = scalars_only
+        self.antialias = antialias
         self.target = _parse_target(target)
         self.image_interpolation = parse_interpolation(
             image_interpolation, self.name, "image_interpolation"
@@ -123,11 +135,22 @@ class Resample(Transform):
 
     def arguments(self) -> dict:
         target = self.target if isinstance(self.target, str) else list(self.target)
-        return {
+        arguments = {
             "target": target,
             "image_interpolation": self.image_interpolation,
             "label_interpolation": self.label_interpolation,
         }
+        # Only when set: the fingerprints of lists written without them stay the same.
+        if self.scalars_only:
+            arguments["scalars_only"] = True
+        if self.antialias:
+            arguments["antialias"] = True
+        return arguments
+
+    def selects(self, name: str, image_type: str) -> bool:
+        if self.scalars_only and image_type != INTENSITY:
+            return False
+        return super().selects(name, image_type)
 
     def check_names(self, image_types) -> None:
         super().check_names(image_types)
@@ -164,15 +187,17 @@ class Resample(Transform):
         data = image.data
         if self._to_float(image.type, data.dtype):
             data = data.astype(np.float32)
-        interpolation = self._interpolation(image.type)
+        floating = to_sitk(_sitk_dtype(data), image.affine)
         if grid is None:
-            floating = to_sitk(_sitk_dtype(data), image.affine)
             size, origin, spacing, direction = _reference_grid(floating, self.target)
-            image.data, image.affine = _execute(
-                floating, data.dtype, interpolation, size, origin, spacing, direction
-            )
         else:
-            image.data, image.affine = resample_to_grid(data, image.affine, *grid, interpolation)
+            size = [int(n) for n in grid[0]]
+            origin, spacing, direction = sitk_metadata(grid[1])
+        if self.antialias and image.type == INTENSITY:
+            floating = _antialiased(floating, spacing)
+        image.data, image.affine = _execute(
+            floating, data.dtype, self._interpolation(image.type), size, origin, spacing, direction
+        )
 
     def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
         planned = dict(images)
@@ -193,6 +218,20 @@ class Resample(Transform):
                 check_voxels(self.name, geometry, shape)
             planned[name] = geometry.with_grid(shape, affine).with_dtype(dtype)
         return planned
+
+
+def _antialiased(floating: sitk.Image, output_spacing) -> sitk.Image:
+    """``floating`` smoothed along each axis it is downsampled on, as TorchIO's ``antialias``
+    (Cardoso et al., MICCAI 2015: a Gaussian whose width matches the new voxel size)."""
+    factors = np.asarray(output_spacing, dtype=float) / np.asarray(floating.GetSpacing())
+    factors[factors <= 1] = np.nan
+    sigmas = np.asarray(floating.GetSpacing()) * np.sqrt(
+        (factors**2 - 1) * (2 * np.sqrt(2 * np.log(2))) ** (-2)
+    )
+    sigmas[np.isnan(sigmas)] = 1e-9  # no smoothing along axes not downsampled
+    gaussian = sitk.SmoothingRecursiveGaussianImageFilter()
+    gaussian.SetSigma(sigmas.tolist())
+    return gaussian.Execute(floating)
 
 
 def _sitk_dtype(data: np.ndarray) -> np.ndarray:
