@@ -76,7 +76,7 @@ def _value(config: Config, key: str) -> Any:
         return list(config.patch_triplet)
     if key == "patch_overlap":
         return list(config.overlap_triplet)
-    if key == "preprocess":  # every argument, defaults included: `Resample: 1` == `Resample`
+    if key == "preprocess":  # arguments with their defaults spelt out: `Resample: 1` == `Resample`
         return describe_transforms(config.transforms)
     if key == "label_probabilities" and value is not None:
         return sorted([int(label), float(p)] for label, p in value.items())

@@ -282,8 +282,8 @@ def _plan_subject(
         if settings.sampler == "grid":
             raise ConfigError(
                 "grid needs every volume's shape before the run, and preprocess makes it "
-                "depend on the voxels (CropOrPad around a mask without target_shape); give "
-                "CropOrPad a target_shape"
+                "depend on the voxels (a CropOrPad around a mask without target_shape, or "
+                "with only_crop or only_pad); give that CropOrPad a target_shape alone"
             )
         return int(spec.num_samples or config.num_patches)  # the worker checks the fit
     shape = first.shape

@@ -15,7 +15,7 @@ from .memory import ImageInfo, MemoryEstimate, estimate_memory, estimate_memory_
 from .queue import QueueTrace, TimingEstimate, estimate_timing, simulate_queue
 from .sampling.grid import grid_padding
 from .subjects import SubjectSpec, read_manifest, read_subject_headers
-from .transforms import ImageGeometry, plan_transforms
+from .transforms import ImageGeometry
 
 
 def read_subjects_manifest(config: Config) -> list[SubjectSpec] | None:
@@ -102,16 +102,20 @@ def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> li
 
 
 def _preprocessed(config: Config, images: dict[str, ImageGeometry]) -> list[ImageInfo]:
-    planned = plan_transforms(config.transforms, images)
+    """The images after ``preprocess``; where a step makes a grid depend on the voxels (a
+    crop around a mask), the grid before that step goes on through the following ones: a
+    crop only shrinks, so the figures are an upper bound."""
+    for transform in config.transforms:
+        planned = transform.plan(images)
+        images = {
+            name: geometry
+            if geometry.shape is not None and geometry.affine is not None
+            else images[name].with_dtype(geometry.dtype)
+            for name, geometry in planned.items()
+        }
     return [
-        ImageInfo(
-            name,
-            geometry.type,
-            geometry.channels,
-            geometry.shape if geometry.shape is not None else images[name].shape,
-            geometry.dtype,
-        )
-        for name, geometry in planned.items()
+        ImageInfo(name, geometry.type, geometry.channels, geometry.shape, geometry.dtype)
+        for name, geometry in images.items()
     ]
 
 

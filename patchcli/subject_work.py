@@ -159,7 +159,9 @@ def _load_and_preprocess(
             )
             for name, array in loaded.volumes.items()
         },
+        settings.tolerance,
     )
+    del loaded  # the subject holds the volumes now: each transform may free the one before
     source_grids = {image.name: (image.spatial_shape, image.affine) for image in subject}
     apply_transforms(settings.transforms, subject)
     check_same_geometry(
@@ -216,8 +218,17 @@ def prepare_subject(
             image = settings.probability_map or settings.label_name
             path = spec.paths[image] if image else next(iter(spec.paths.values()))
             raise DataError(f"{path}: subject {spec.id!r}: {error}") from None
+    for warning in caught:  # other libraries' warnings go on as they came
+        if not issubclass(warning.category, PatchcliWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    subject = f"subject {spec.id!r}: "
     messages = [
-        f"subject {spec.id!r}: {warning.message}"
+        # (Transforms name the subject already.)
+        str(warning.message)
+        if str(warning.message).startswith(subject)
+        else f"{subject}{warning.message}"
         for warning in caught
         if issubclass(warning.category, PatchcliWarning)
     ]

@@ -617,7 +617,7 @@ def test_grid_with_a_crop_around_a_mask_needs_a_target_shape(tmp_path, lps):
     config = _config(tmp_path, lps, preprocess=[{"CropOrPad": {"mask_name": "seg"}}])
     with pytest.raises(ConfigError, match="grid needs every volume's shape before the run") as e:
         extract(config, "grid")
-    assert "give CropOrPad a target_shape" in str(e.value)
+    assert "give that CropOrPad a target_shape alone" in str(e.value)
     assert not list(tmp_path.glob("out.h5*"))
     # The other samplers check the fit in the worker, after the crop.
     assert extract(config, "uniform").patches == 18
@@ -769,3 +769,18 @@ def test_preview_draws_the_preprocessed_volumes_from_a_config_and_from_an_output
         for name, volume in data.volumes.items():
             assert volume.shape[1:] == record.shape
             np.testing.assert_allclose(volume, expected["volumes"][name], rtol=1e-6, atol=1e-6)
+
+
+def test_memory_after_a_crop_around_a_mask_is_an_upper_bound(tmp_path, lps):
+    """A crop around a mask then an upsampling: the crop's shape comes from the voxels, so
+    memory carries the uncropped grid through the Resample: never below the real size."""
+    cropped = ["ToCanonical", {"CropOrPad": {"mask_name": "seg"}}, {"Resample": 0.5}]
+    bound = subject_images(_config(tmp_path, lps, preprocess=cropped))
+    uncropped_list = ["ToCanonical", {"Resample": 0.5}]
+    resampled = subject_images(_config(tmp_path, lps, preprocess=uncropped_list))
+    real = _preprocessed(lps, IMAGES, cropped)
+    for subject, (estimate, uncropped) in enumerate(zip(bound, resampled)):
+        assert [i.spatial_shape for i in estimate] == [i.spatial_shape for i in uncropped]
+        volumes = list(real.values())[subject]["volumes"]
+        for image in estimate:
+            assert np.prod(image.spatial_shape) >= np.prod(volumes[image.name].shape[1:])

@@ -17,9 +17,11 @@ import pytest
 from patchcli.errors import ConfigError, DataError
 from patchcli.transforms import (
     ImageGeometry,
+    apply_transforms,
     describe_transforms,
     parse_transforms,
     plan_transforms,
+    resample_to_grid,
 )
 
 from .transforms_helpers import (
@@ -30,6 +32,7 @@ from .transforms_helpers import (
     path_of,
     run,
     subject_spec,
+    to_patchcli,
     two_grid_spec,
 )
 
@@ -614,3 +617,80 @@ def test_resample_antialias_smooths_only_intensities_and_keeps_the_plan():
     config = [{"Resample": {"target": 3.0, "antialias": True}}]
     planned = plan_transforms(parse_transforms(config, image_types(spec)), geometries(spec))
     assert_plan_holds(planned, smooth, "shape")
+
+
+# --- Cases found in review ----------------------------------------------------------
+
+
+def test_a_two_channel_label_map_masks_a_one_channel_image_by_any_channel():
+    spec = subject_spec("ras", with_dwi=False)
+    seg = spec["seg"][1]
+    two = np.concatenate([seg == 1, seg == 2]).astype(np.uint8)  # one-hot of labels 1, 2
+    spec["seg"] = ("label", two, spec["seg"][2])
+    subject = run([{"ZNormalization": {"masking_method": "seg"}}], spec)
+    t1 = spec["t1"][1].astype(np.float64)
+    inside = t1[(seg == 1) | (seg == 2)]
+    expected = (t1 - inside.mean()) / inside.std(ddof=1)
+    np.testing.assert_allclose(subject["t1"].data, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_to_canonical_after_a_crop_around_a_mask_leaves_the_shape_to_the_voxels():
+    spec = subject_spec("oblique", with_dwi=False)
+    config = [{"CropOrPad": {"mask_name": "seg", "target_shape": [8, 12, 16]}}, "ToCanonical"]
+    planned = plan_transforms(parse_transforms(config, image_types(spec)), geometries(spec))
+    subject = run(config, spec)
+    assert all(g.shape is None for g in planned.values())
+    assert subject["t1"].spatial_shape != (8, 12, 16)  # the oblique axes turned
+    assert_plan_holds(planned, subject, "none")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float64])
+def test_resample_with_antialias_plans_and_gives_float32(dtype):
+    spec = subject_spec("lps", t1_dtype=dtype, with_dwi=False)
+    config = [{"Resample": {"target": 2.0, "antialias": True, "image_interpolation": "nearest"}}]
+    planned = plan_transforms(parse_transforms(config, image_types(spec)), geometries(spec))
+    subject = run(config, spec)
+    assert planned["t1"].dtype == subject["t1"].data.dtype == np.float32
+    assert subject["seg"].data.dtype == np.uint8
+
+
+def test_a_volume_too_large_after_a_crop_around_a_mask_is_a_data_error_naming_the_subject():
+    spec = subject_spec("ras", with_dwi=False)
+    config = [{"CropOrPad": {"mask_name": "seg"}}, {"Resample": 0.001}]
+    with pytest.raises(DataError, match=rf"subject '{SUBJECT_ID}': Resample would make image"):
+        run(config, spec)
+    config = [{"CropOrPad": {"mask_name": "seg"}}, {"Pad": 2_000_000}]
+    with pytest.raises(DataError, match=rf"subject '{SUBJECT_ID}': Pad would make image"):
+        run(config, spec)
+
+
+def test_grids_within_the_affine_tolerance_are_one_grid():
+    spec = subject_spec("ras", with_dwi=False)
+    shifted = spec["seg"][2].copy()
+    shifted[0, 3] += 5e-4
+    spec["seg"] = ("label", spec["seg"][1], shifted)
+    subject = to_patchcli(spec)
+    transforms = parse_transforms(
+        [{"ZNormalization": {"masking_method": "seg"}}], image_types(spec)
+    )
+    with pytest.raises(DataError, match="not on the grid"):
+        apply_transforms(transforms, subject)
+    subject = to_patchcli(spec)
+    subject.tolerance = 1e-3
+    apply_transforms(transforms, subject)
+    assert subject["t1"].data.dtype == np.float32
+
+
+def test_padding_with_uninitialised_memory_is_refused():
+    for config in (
+        [{"Pad": {"padding": 1, "padding_mode": "empty"}}],
+        [{"CropOrPad": {"target_shape": 40, "padding_mode": "empty"}}],
+    ):
+        with pytest.raises(ConfigError, match="padding_mode must be"):
+            parse_transforms(config, TYPES)
+
+
+def test_resample_to_grid_takes_half_precision_volumes():
+    data = np.arange(8, dtype=np.float16).reshape(1, 2, 2, 2)
+    back, _ = resample_to_grid(data, np.diag([2.0, 2, 2, 1]), (4, 4, 4), np.eye(4), "nearest")
+    assert back.dtype == np.float16 and float(back[0, 2, 2, 2]) == 7.0

@@ -104,7 +104,7 @@ def aggregate_file(
     source_grid : str, optional
         Write each volume on the grid image ``source_grid`` had before preprocessing
         (its orientation, spacing and shape, as recorded by a run with ``preprocess``),
-        undoing the spatial preprocessing as TorchIO's ``apply_inverse_transform`` does;
+        undoing the spatial preprocessing (through world coordinates, whatever it was);
         voxels outside the preprocessed volume (cropped away) are 0.
     interpolation : str, optional
         How ``source_grid`` resamples: ``nearest`` (default for integer volumes, such as
@@ -208,6 +208,7 @@ class _SourceGrids:
     """Each subject's grid before preprocessing, for image ``name``, and the way back."""
 
     def __init__(self, grid: GridFile, name: str, interpolation: str | None) -> None:
+        interpolation = None if interpolation is None else interpolation.lower()
         if interpolation is not None and interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"

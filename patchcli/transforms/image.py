@@ -78,11 +78,16 @@ class ImageGeometry:
 
 
 class Subject:
-    """A subject's images, by name, in the config's order; ``id`` names it in errors."""
+    """A subject's images, by name, in the config's order; ``id`` names it in errors, and
+    ``tolerance`` is the run's ``affine_tolerance``."""
 
-    def __init__(self, subject_id: str, images: Mapping[str, Image]) -> None:
+    def __init__(
+        self, subject_id: str, images: Mapping[str, Image], tolerance: float = 1e-4
+    ) -> None:
         self.id = subject_id
         self.images = dict(images)
+        #: How far, in mm, two affines may differ and still be one grid (``affine_tolerance``).
+        self.tolerance = tolerance
 
     def __getitem__(self, name: str) -> Image:
         return self.images[name]
@@ -100,7 +105,7 @@ class Subject:
         first = images[0]
         for image in images[1:]:
             if image.spatial_shape != first.spatial_shape or not np.allclose(
-                image.affine, first.affine, rtol=0, atol=1e-4
+                image.affine, first.affine, rtol=0, atol=self.tolerance
             ):
                 raise DataError(
                     f"{image.path}: subject {self.id!r}: {what} needs every image on one grid, "

@@ -147,26 +147,35 @@ def mask_of(
         return np.ones((1, *image.spatial_shape), dtype=bool)
     mask_image = subject[masking_method]
     if mask_image.spatial_shape != image.spatial_shape or not np.allclose(
-        mask_image.affine, image.affine, rtol=0, atol=1e-4
+        mask_image.affine, image.affine, rtol=0, atol=subject.tolerance
     ):
         raise DataError(
             f"{mask_image.path}: subject {subject.id!r}: {what} mask {masking_method!r} is not "
-            f"on the grid of {image.name!r} ({mask_image.spatial_shape} vs {image.spatial_shape})"
+            f"on the grid of {image.name!r} (shape {mask_image.spatial_shape} vs "
+            f"{image.spatial_shape}, or an affine beyond the tolerance {subject.tolerance} mm)"
         )
-    if labels is None:
-        return mask_image.data != 0
-    return np.isin(mask_image.data, np.asarray(list(labels)))
+    mask = mask_image.data != 0 if labels is None else np.isin(mask_image.data, list(labels))
+    if mask.shape[0] not in (1, image.data.shape[0]):
+        # A mask of several channels for an image of another count: a voxel is in the mask
+        # when any of its channels is.
+        mask = mask.any(axis=0, keepdims=True)
+    return mask
 
 
-def check_voxels(transform: str, geometry: ImageGeometry, shape: Sequence[int]) -> None:
-    """Refuse an output image too large to be meant (ConfigError before any work)."""
+def check_voxels(transform: str, image, shape: Sequence[int], subject: str | None = None) -> None:
+    """Refuse an output image too large to be meant: from the headers (a ConfigError, before
+    any work) or, where the shape depended on the voxels, for ``subject`` (a DataError).
+    ``image`` is an ImageGeometry or an Image (its ``name`` and ``path`` are named)."""
     voxels = int(np.prod([int(n) for n in shape], dtype=object))
-    if voxels > MAX_VOXELS:
-        raise ConfigError(
-            f"{geometry.path}: {transform} would make image {geometry.name!r} "
-            f"{tuple(int(n) for n in shape)} voxels ({voxels:.3g} per channel, more than "
-            f"{MAX_VOXELS:.3g}); check its arguments"
-        )
+    if voxels <= MAX_VOXELS:
+        return
+    of = "" if subject is None else f"subject {subject!r}: "
+    message = (
+        f"{image.path}: {of}{transform} would make image {image.name!r} "
+        f"{tuple(int(n) for n in shape)} voxels ({voxels:.3g} per channel, more than "
+        f"{MAX_VOXELS:.3g}); check its arguments"
+    )
+    raise ConfigError(message) if subject is None else DataError(message)
 
 
 __all__ = [

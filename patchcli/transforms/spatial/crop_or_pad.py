@@ -188,6 +188,9 @@ class CropOrPad(Transform):
             padding, cropping = self._centre_bounds(shape, target)
         else:
             padding, cropping = self._mask_bounds(subject, shape, target)
+        if any(padding) and not self.only_crop:
+            padded = np.add(shape, np.add(padding[::2], padding[1::2]))
+            check_voxels(self.name, next(iter(subject)), padded, subject.id)
         for image in self.images(subject):
             if any(padding) and not self.only_crop:
                 image.data = pad_array(image.data, padding, self.padding_mode)

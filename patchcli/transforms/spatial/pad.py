@@ -12,7 +12,8 @@ from ..transform import Transform, check_voxels
 from .bounds import parse_bounds, shifted_affine
 
 #: numpy's padding modes TorchIO passes on, and the constants it computes from the image.
-NUMPY_MODES = ("empty", "edge", "wrap", "constant", "linear_ramp", "reflect", "symmetric")
+#: (Not ``empty``: uninitialised memory would make every run's output differ.)
+NUMPY_MODES = ("edge", "wrap", "constant", "linear_ramp", "reflect", "symmetric")
 STATISTIC_MODES = ("maximum", "mean", "median", "minimum")
 
 
@@ -65,6 +66,8 @@ class Pad(Transform):
     def apply(self, subject: Subject) -> None:
         low = self.padding[::2]
         for image in self.images(subject):
+            shape = np.add(image.spatial_shape, np.add(self.padding[::2], self.padding[1::2]))
+            check_voxels(self.name, image, shape, subject.id)
             image.data = pad_array(image.data, self.padding, self.padding_mode)
             image.affine = shifted_affine(image.affine, -np.asarray(low))
 

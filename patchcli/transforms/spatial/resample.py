@@ -171,6 +171,12 @@ class Resample(Transform):
             and np.dtype(dtype).kind in "iub"
         )
 
+    def _result_dtype(self, image_type: str, dtype: np.dtype) -> np.dtype:
+        # SimpleITK's Gaussian gives float32 whatever it smooths (TorchIO's dtype too).
+        if self._to_float(image_type, dtype) or (self.antialias and image_type == INTENSITY):
+            return np.dtype(np.float32)
+        return np.dtype(dtype)
+
     # ----------------------------------------------------------------- running
     def apply(self, subject: Subject) -> None:
         for image in self.images(subject):
@@ -181,9 +187,9 @@ class Resample(Transform):
                 grid = (reference.spatial_shape, reference.affine)
             else:
                 grid = None
-            self._resample(image, grid)
+            self._resample(image, grid, subject.id)
 
-    def _resample(self, image: Image, grid) -> None:
+    def _resample(self, image: Image, grid, subject: str) -> None:
         data = image.data
         if self._to_float(image.type, data.dtype):
             data = data.astype(np.float32)
@@ -193,6 +199,7 @@ class Resample(Transform):
         else:
             size = [int(n) for n in grid[0]]
             origin, spacing, direction = sitk_metadata(grid[1])
+        check_voxels(self.name, image, size, subject)
         if self.antialias and image.type == INTENSITY:
             floating = _antialiased(floating, spacing)
         image.data, image.affine = _execute(
@@ -204,7 +211,7 @@ class Resample(Transform):
         for name, geometry in images.items():
             if not self.selects(name, geometry.type):
                 continue
-            dtype = np.float32 if self._to_float(geometry.type, geometry.dtype) else geometry.dtype
+            dtype = self._result_dtype(geometry.type, geometry.dtype)
             if isinstance(self.target, str):
                 if name == self.target:
                     continue
@@ -235,8 +242,10 @@ def _antialiased(floating: sitk.Image, output_spacing) -> sitk.Image:
 
 
 def _sitk_dtype(data: np.ndarray) -> np.ndarray:
-    # SimpleITK has no boolean pixels.
-    return data.astype(np.uint8) if data.dtype == bool else data
+    # SimpleITK has neither boolean nor half-precision pixels.
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    return data.astype(np.float32) if data.dtype == np.float16 else data
 
 
 def _execute(floating, dtype, interpolation, size, origin, spacing, direction):
@@ -247,7 +256,9 @@ def _execute(floating, dtype, interpolation, size, origin, spacing, direction):
     resampler.SetOutputSpacing(spacing)
     resampler.SetSize([int(n) for n in size])
     data, affine = from_sitk(resampler.Execute(floating))
-    return (data.astype(bool) if np.dtype(dtype).kind == "b" else data), affine
+    if np.dtype(dtype) in (np.dtype(bool), np.dtype(np.float16)):
+        data = data.astype(dtype)
+    return data, affine
 
 
 def resample_to_grid(

@@ -65,10 +65,14 @@ class ToOrientation(Transform):
     def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
         planned = dict(images)
         for name, geometry in images.items():
-            if not self.selects(name, geometry.type) or geometry.affine is None:
+            if not self.selects(name, geometry.type):
+                continue
+            if geometry.affine is None or geometry.shape is None:
+                # Whether and how the axes turn depends on the affine: unknown, so is the shape.
+                planned[name] = geometry.with_grid(None, None)
                 continue
             transform = _reorientation(geometry.affine, self.orientation)
-            if transform is None or geometry.shape is None:
+            if transform is None:
                 continue
             shape = _reoriented_shape(geometry.shape, transform)
             affine = geometry.affine @ orientations.inv_ornt_aff(transform, geometry.shape)
