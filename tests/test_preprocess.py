@@ -784,3 +784,11 @@ def test_memory_after_a_crop_around_a_mask_is_an_upper_bound(tmp_path, lps):
         volumes = list(real.values())[subject]["volumes"]
         for image in estimate:
             assert np.prod(image.spatial_shape) >= np.prod(volumes[image.name].shape[1:])
+
+
+def test_crop_or_pad_on_images_of_different_grids_is_refused_before_any_work(tmp_path, two_grids):
+    images = {"t1": "intensity", "flair": "intensity", "seg": "label"}
+    config = _config(tmp_path, two_grids, images=images, preprocess=[{"CropOrPad": 16}])
+    with pytest.raises(DataError, match="CropOrPad needs every image on one grid") as error:
+        dry_run(config, "uniform", sample=False)
+    assert "Resample: {target:" in str(error.value)

@@ -80,7 +80,7 @@ PLAN_CASES = {
     "Crop-1": ([{"Crop": 2}], "all"),
     "Crop-3": ([{"Crop": [1, 0, 4]}], "all"),
     "Crop-6": ([{"Crop": [0, 3, 5, 1, 2, 7]}], "all"),
-    "Pad-number": ([{"Pad": {"padding": 2, "padding_mode": -1.5}}], "all"),
+    "Pad-number": ([{"Pad": {"padding": 2, "padding_mode": 1.5}}], "all"),
     "Pad-edge": ([{"Pad": {"padding": [3, 0, 1, 2, 0, 4], "padding_mode": "edge"}}], "all"),
     "Pad-reflect": ([{"Pad": {"padding": [2, 1, 3], "padding_mode": "reflect"}}], "all"),
     "Pad-mean": ([{"Pad": {"padding": 1, "padding_mode": "mean"}}], "all"),
@@ -694,3 +694,18 @@ def test_resample_to_grid_takes_half_precision_volumes():
     data = np.arange(8, dtype=np.float16).reshape(1, 2, 2, 2)
     back, _ = resample_to_grid(data, np.diag([2.0, 2, 2, 1]), (4, 4, 4), np.eye(4), "nearest")
     assert back.dtype == np.float16 and float(back[0, 2, 2, 2]) == 7.0
+
+
+def test_a_padding_value_a_label_map_cannot_hold_is_refused_naming_it():
+    # TorchIO pads a uint8 label map with -1000 as label 24; patchcli refuses it.
+    spec = subject_spec("ras", with_dwi=False)
+    with pytest.raises(DataError, match=r"padding value -1000 does not fit .* uint8"):
+        run([{"CropOrPad": {"target_shape": 40, "padding_mode": -1000}}], spec)
+    subject = run(
+        [
+            {"Pad": {"padding": 5, "padding_mode": -1000, "include": ["t1"]}},
+            {"Pad": {"padding": 5, "exclude": ["t1"]}},
+        ],
+        spec,
+    )
+    assert subject["t1"].data.min() == -1000 and subject["seg"].data.max() < 24

@@ -162,6 +162,21 @@ def mask_of(
     return mask
 
 
+def check_one_grid(transform: str, images: dict[str, ImageGeometry]) -> None:
+    """Refuse, from the headers, images on different grids for a transform that needs one
+    (the DataError ``Subject.consistent_grid`` would raise in every worker)."""
+    # Shapes only: affines are compared with the run's tolerance, by the worker.
+    known = [g for g in images.values() if g.shape is not None]
+    for geometry in known[1:]:
+        first = known[0]
+        if geometry.shape != first.shape:
+            raise DataError(
+                f"{geometry.path}: {transform} needs every image on one grid, but "
+                f"{geometry.name!r} ({geometry.shape}) is not on the grid of {first.name!r} "
+                f"({first.shape}); resample first, e.g. Resample: {{target: {first.name}}}"
+            )
+
+
 def check_voxels(transform: str, image, shape: Sequence[int], subject: str | None = None) -> None:
     """Refuse an output image too large to be meant: from the headers (a ConfigError, before
     any work) or, where the shape depended on the voxels, for ``subject`` (a DataError).
@@ -183,6 +198,7 @@ __all__ = [
     "MAX_VOXELS",
     "Transform",
     "check_masking_method",
+    "check_one_grid",
     "check_voxels",
     "mask_of",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import ConfigError, PatchcliWarning
 from ..image import ImageGeometry, Subject, spacing_of
-from ..transform import Transform, check_masking_method, check_voxels, mask_of
+from ..transform import Transform, check_masking_method, check_one_grid, check_voxels, mask_of
 from .bounds import shifted_affine
 from .pad import check_padding_mode, pad_array
 
@@ -193,7 +193,8 @@ class CropOrPad(Transform):
             check_voxels(self.name, next(iter(subject)), padded, subject.id)
         for image in self.images(subject):
             if any(padding) and not self.only_crop:
-                image.data = pad_array(image.data, padding, self.padding_mode)
+                where = f"{image.path}: subject {subject.id!r}: {self.name}: "
+                image.data = pad_array(image.data, padding, self.padding_mode, where)
                 image.affine = shifted_affine(image.affine, -np.asarray(padding[::2]))
             if any(cropping) and not self.only_pad:
                 low, high = cropping[::2], cropping[1::2]
@@ -207,6 +208,7 @@ class CropOrPad(Transform):
                 image.affine = shifted_affine(image.affine, low)
 
     def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
+        check_one_grid(self.name, images)
         planned = dict(images)
         for name, geometry in images.items():
             if not self.selects(name, geometry.type):

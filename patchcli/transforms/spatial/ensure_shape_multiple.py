@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ..image import ImageGeometry, Subject
-from ..transform import Transform
+from ..transform import Transform, check_one_grid
 from .crop_or_pad import CropOrPad
 
 
@@ -52,6 +52,7 @@ class EnsureShapeMultiple(Transform):
         self._crop_or_pad(shape).apply(subject)
 
     def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
+        check_one_grid(self.name, images)
         shapes = [g.shape for g in images.values()]
         if any(shape is None for shape in shapes):
             return {

@@ -6,7 +6,7 @@ from numbers import Real
 
 import numpy as np
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from ..image import ImageGeometry, Subject
 from ..transform import Transform, check_voxels
 from .bounds import parse_bounds, shifted_affine
@@ -28,8 +28,12 @@ def check_padding_mode(mode, transform: str) -> str | float:
     )
 
 
-def pad_array(data: np.ndarray, padding, mode) -> np.ndarray:
-    """``data`` (C, X, Y, Z) padded as TorchIO's ``Pad`` pads it (constants over all channels)."""
+def pad_array(data: np.ndarray, padding, mode, where: str = "") -> np.ndarray:
+    """``data`` (C, X, Y, Z) padded as TorchIO's ``Pad`` pads it (constants over all channels).
+
+    A constant an integer image cannot hold (-1000 for a uint8 label map) is a DataError
+    starting with ``where``; TorchIO wraps it around (-1000 becomes label 24).
+    """
     widths = ((0, 0), padding[0:2], padding[2:4], padding[4:6])
     constant = None
     if isinstance(mode, Real):
@@ -45,6 +49,13 @@ def pad_array(data: np.ndarray, padding, mode) -> np.ndarray:
     elif mode == "minimum":
         constant = data.min().item()
     if constant is not None:
+        if data.dtype.kind in "iu" and not (
+            np.iinfo(data.dtype).min <= constant <= np.iinfo(data.dtype).max
+        ):
+            raise DataError(
+                f"{where}padding value {constant:g} does not fit the image's dtype "
+                f"{data.dtype}; pad it apart (include/exclude) with a value it holds"
+            )
         return np.pad(data, widths, mode="constant", constant_values=constant)
     return np.pad(data, widths, mode=mode)
 
@@ -68,7 +79,8 @@ class Pad(Transform):
         for image in self.images(subject):
             shape = np.add(image.spatial_shape, np.add(self.padding[::2], self.padding[1::2]))
             check_voxels(self.name, image, shape, subject.id)
-            image.data = pad_array(image.data, self.padding, self.padding_mode)
+            where = f"{image.path}: subject {subject.id!r}: {self.name}: "
+            image.data = pad_array(image.data, self.padding, self.padding_mode, where)
             image.affine = shifted_affine(image.affine, -np.asarray(low))
 
     def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
