@@ -6,7 +6,7 @@ Every subcommand that samples patches (``uniform``, ``weighted``, ``label``,
 subject's headers, checked before any voxel is read), claims the output and
 checks its space, starts the worker processes (patchcli.pipeline), each of
 which does one subject's work at a time (patchcli.subject_work: load,
-locations, crops), and writes the blocks they hand over in manifest order
+preprocess, locations, crops), and writes the blocks they hand over in manifest order
 with the output's writer (patchcli.io). Peak memory is a few subjects'
 volumes and blocks, whatever the size of the run.
 

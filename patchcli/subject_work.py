@@ -1,9 +1,10 @@
-"""The subject's work: load -> locations -> crops, what a worker runs for one subject.
+"""The subject's work: load -> preprocess -> locations -> crops, what a worker runs.
 
 A worker (patchcli.pipeline), or the main process without workers, turns one
 :class:`SubjectTask` into messages for the writer with
 :func:`subject_messages`: it loads the subject's volumes (patchcli.subjects),
-pads them for a padded grid, casts each once to its output dtype in C order
+runs the config's ``preprocess`` on them (patchcli.transforms), checks that
+they share one grid, pads them for a padded grid, casts each once to its output dtype in C order
 (:func:`cast_volume`), draws its locations block by block
 (patchcli.sampling.stream, seeded by the subject's manifest row), and crops
 each block of patches into reused buffers, handing it over in the writer's
