@@ -45,7 +45,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_uint8_subjects  # noqa: E402
+from common import write_manifest, write_uint8_subjects  # noqa: E402
 
 from patchcli.workers import available_cores  # noqa: E402
 
@@ -70,16 +70,6 @@ def sampler_keys(sampler: str) -> dict:
     if sampler == "grid":
         return {"images": images, "patch_overlap": PATCH // 4, "padding_mode": None}
     return {"images": images}
-
-
-def write_manifest(source: Path, rows: int, path: Path) -> Path:
-    with open(source) as stream:
-        table = list(csv.DictReader(stream))[:rows]
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    return path
 
 
 def patchcli_command(work: Path, sampler: str, manifest: Path, compression, patches=PATCHES):

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import resource
@@ -62,7 +61,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_lps_subjects  # noqa: E402
+from common import write_lps_subjects, write_manifest  # noqa: E402
 
 from patchcli.workers import available_cores  # noqa: E402
 
@@ -82,17 +81,6 @@ PREPROCESS = [
 LABEL_PROBABILITIES = {1: 1, 2: 1, 3: 1}
 #: patchcli's steps that hand a block to the writer, one or the other.
 OUTPUT_STEPS = ("compress lz4", "write none")
-
-
-def write_manifest(source: Path, rows: int, path: Path) -> Path:
-    """The first ``rows`` subjects of the manifest ``source``, as a manifest beside it."""
-    with open(source) as stream:
-        table = list(csv.DictReader(stream))[:rows]
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    return path
 
 
 def patchcli_config(
@@ -320,7 +308,8 @@ def torchio_breakdown(manifest: Path, passes: int, work: Path, patch: int, patch
     """
     import torch
     import torchio as tio
-    from torchio_preprocess_extract import IMAGES, label_sampler, preprocessing, read_subjects
+    from torchio_extract import IMAGES
+    from torchio_preprocess_extract import label_sampler, preprocessing, read_subjects
 
     torch.manual_seed(0)
     compose = preprocessing()

@@ -36,12 +36,22 @@ def write_uint8_subjects(
             nib.save(nib.Nifti1Image(array, phantom_affine(shape)), path)
             row[name] = path.name
         rows.append(row)
-    manifest = folder / "subjects.csv"
-    with open(manifest, "w", newline="") as stream:
+    return write_rows(folder / "subjects.csv", rows)
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """A manifest of ``rows`` (``subject`` and one column per image) at ``path``."""
+    with open(path, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
+    return path
+
+
+def write_manifest(source: Path, rows: int, path: Path) -> Path:
+    """The first ``rows`` subjects of the manifest ``source``, as a manifest at ``path``."""
+    with open(source) as stream:
+        return write_rows(path, list(csv.DictReader(stream))[:rows])
 
 
 def lps_affine(shape, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -99,12 +109,7 @@ def write_lps_subjects(
             nib.save(nib.Nifti1Image(array.astype(dtype), affine), path)
             row[name] = path.name
         rows.append(row)
-    manifest = folder / "subjects.csv"
-    with open(manifest, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_rows(folder / "subjects.csv", rows)
 
 
 def best_of(function, repeats: int = 3) -> float:

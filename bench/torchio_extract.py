@@ -36,6 +36,37 @@ def sampler_for(name: str, patch: int, subject, count: int):
     raise SystemExit(f"unknown sampler {name!r}")
 
 
+def write_patches(output, patch_subjects, dtype=None) -> None:
+    """Write TorchIO patch subjects to one HDF5 file as a user would: patch by patch,
+    uncompressed, one chunk per patch, each image in ``dtype`` (default: its own)."""
+    with h5py.File(output, "w") as file:
+        datasets = {}
+        locations = []
+        row = 0
+        for patch_subject in patch_subjects:
+            for name in IMAGES:
+                data = patch_subject[name].data.numpy()
+                if dtype is not None:
+                    data = data.astype(dtype)
+                if name not in datasets:
+                    datasets[name] = file.create_dataset(
+                        f"patches/{name}",
+                        (0, *data.shape),
+                        data.dtype,
+                        maxshape=(None, *data.shape),
+                        chunks=(1, *data.shape),
+                    )
+                dataset = datasets[name]
+                if row >= len(dataset):
+                    dataset.resize(max(2 * len(dataset), row + 1), axis=0)
+                dataset[row] = data
+            locations.append(patch_subject[tio.LOCATION].numpy())
+            row += 1
+        for dataset in datasets.values():
+            dataset.resize(row, axis=0)
+        file["locations"] = np.array(locations, np.int64).reshape(-1, 6)
+
+
 def main() -> None:
     sampler, manifest, output, count, patch = sys.argv[1:6]
     count, patch = int(count), int(patch)
@@ -43,10 +74,8 @@ def main() -> None:
     torch.manual_seed(0)
     with open(manifest) as stream:
         rows = list(csv.DictReader(stream))
-    with h5py.File(output, "w") as file:
-        datasets = {}
-        locations = []
-        row = 0
+
+    def patches():
         for subject_row in rows:
             subject = tio.Subject(
                 t1=tio.ScalarImage(manifest.parent / subject_row["t1"]),
@@ -54,26 +83,9 @@ def main() -> None:
                 mask=tio.LabelMap(manifest.parent / subject_row["mask"]),
             )
             subject.load()
-            for patch_subject in sampler_for(sampler, patch, subject, count):
-                for name in IMAGES:
-                    data = patch_subject[name].data.numpy().astype(np.uint8)
-                    if name not in datasets:
-                        datasets[name] = file.create_dataset(
-                            f"patches/{name}",
-                            (0, *data.shape),
-                            np.uint8,
-                            maxshape=(None, *data.shape),
-                            chunks=(1, *data.shape),
-                        )
-                    dataset = datasets[name]
-                    if row >= len(dataset):
-                        dataset.resize(max(2 * len(dataset), row + 1), axis=0)
-                    dataset[row] = data
-                locations.append(patch_subject[tio.LOCATION].numpy())
-                row += 1
-        for dataset in datasets.values():
-            dataset.resize(row, axis=0)
-        file["locations"] = np.array(locations, np.int64).reshape(-1, 6)
+            yield from sampler_for(sampler, patch, subject, count)
+
+    write_patches(output, patches(), np.uint8)
 
 
 if __name__ == "__main__":

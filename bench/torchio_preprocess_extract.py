@@ -27,12 +27,9 @@ import argparse
 import csv
 from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 import torchio as tio
-
-IMAGES = ("t1", "seg", "mask")
+from torchio_extract import write_patches
 
 
 def preprocessing() -> tio.Compose:
@@ -94,31 +91,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     sampler = label_sampler(args.patch_size)
-    with h5py.File(args.output, "w") as file:
-        datasets = {}
-        locations = []
-        row = 0
-        for subject in preprocessed_subjects(args.manifest, args.workers):
-            for patch_subject in sampler(subject, args.patches):
-                for name in IMAGES:
-                    data = patch_subject[name].data.numpy()
-                    if name not in datasets:
-                        datasets[name] = file.create_dataset(
-                            f"patches/{name}",
-                            (0, *data.shape),
-                            data.dtype,
-                            maxshape=(None, *data.shape),
-                            chunks=(1, *data.shape),
-                        )
-                    dataset = datasets[name]
-                    if row >= len(dataset):
-                        dataset.resize(max(2 * len(dataset), row + 1), axis=0)
-                    dataset[row] = data
-                locations.append(patch_subject[tio.LOCATION].numpy())
-                row += 1
-        for dataset in datasets.values():
-            dataset.resize(row, axis=0)
-        file["locations"] = np.array(locations, np.int64).reshape(-1, 6)
+    write_patches(
+        args.output,
+        (
+            patch_subject
+            for subject in preprocessed_subjects(args.manifest, args.workers)
+            for patch_subject in sampler(subject, args.patches)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -235,15 +235,7 @@ def preprocessed_geometry(
         An absurd result (a resampled volume of billions of voxels), before any work.
     """
     images = {
-        name: ImageGeometry(
-            name,
-            settings.image_types.get(name, ""),
-            tuple(int(n) for n in header.spatial_shape),
-            header.affine,
-            header.channels,
-            header.dtype,
-            header.path,
-        )
+        name: ImageGeometry.of_header(name, settings.image_types.get(name, ""), header)
         for name, header in headers.items()
     }
     if not settings.transforms:

@@ -78,7 +78,7 @@ def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> li
             )
             for name, spec in config.images.items()
         }
-        return [_preprocessed(config, one)] * (config.num_subjects or 1)
+        return [_preprocessed(config.transforms, one)] * (config.num_subjects or 1)
     subjects = []
     transforms = config.transforms
     for spec in specs:
@@ -86,26 +86,18 @@ def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> li
             spec, config.reader, config.affine_tolerance, same_grid=not transforms
         )
         images = {
-            name: ImageGeometry(
-                name,
-                config.images[name].type,
-                tuple(int(n) for n in header.spatial_shape),
-                header.affine,
-                header.channels,
-                header.dtype,
-                header.path,
-            )
+            name: ImageGeometry.of_header(name, config.images[name].type, header)
             for name, header in headers.items()
         }
-        subjects.append(_preprocessed(config, images))
+        subjects.append(_preprocessed(transforms, images))
     return subjects
 
 
-def _preprocessed(config: Config, images: dict[str, ImageGeometry]) -> list[ImageInfo]:
+def _preprocessed(transforms, images: dict[str, ImageGeometry]) -> list[ImageInfo]:
     """The images after ``preprocess``; where a step makes a grid depend on the voxels (a
     crop around a mask), the grid before that step goes on through the following ones: a
     crop only shrinks, so the figures are an upper bound."""
-    for transform in config.transforms:
+    for transform in transforms:
         planned = transform.plan(images)
         images = {
             name: geometry

@@ -52,6 +52,12 @@ class Image:
     def spacing(self) -> np.ndarray:
         return spacing_of(self.affine)
 
+    def on_grid_of(self, other: Image, tolerance: float) -> bool:
+        """Whether both images have one spatial shape and affines within ``tolerance`` mm."""
+        return self.spatial_shape == other.spatial_shape and np.allclose(
+            self.affine, other.affine, rtol=0, atol=tolerance
+        )
+
 
 @dataclass(frozen=True)
 class ImageGeometry:
@@ -68,6 +74,19 @@ class ImageGeometry:
     channels: int
     dtype: np.dtype
     path: Path | str = ""
+
+    @classmethod
+    def of_header(cls, name: str, image_type: str, header) -> ImageGeometry:
+        """The geometry an image header gives (``patchcli.io.volumes.Header``)."""
+        return cls(
+            name,
+            image_type,
+            tuple(int(n) for n in header.spatial_shape),
+            header.affine,
+            header.channels,
+            header.dtype,
+            header.path,
+        )
 
     def with_grid(self, shape, affine) -> ImageGeometry:
         shape = None if shape is None else tuple(int(n) for n in shape)
@@ -104,9 +123,7 @@ class Subject:
         images = list(self.images.values())
         first = images[0]
         for image in images[1:]:
-            if image.spatial_shape != first.spatial_shape or not np.allclose(
-                image.affine, first.affine, rtol=0, atol=self.tolerance
-            ):
+            if not image.on_grid_of(first, self.tolerance):
                 raise DataError(
                     f"{image.path}: subject {self.id!r}: {what} needs every image on one grid, "
                     f"but {image.name!r} ({image.spatial_shape}) is not on the grid of "

@@ -112,6 +112,19 @@ def _names(value: Any, key: str, transform: str) -> list[str]:
     return list(value)
 
 
+def parse_labels(labels: Any, transform: str) -> list[int] | None:
+    """A ``labels`` argument: None, or a list of integers (ConfigError otherwise)."""
+    if labels is None:
+        return None
+    if (
+        isinstance(labels, str)
+        or not isinstance(labels, Sequence)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+    ):
+        raise ConfigError(f"{transform}: labels must be a list of integers, not {labels!r}")
+    return [int(v) for v in labels]
+
+
 def check_masking_method(
     transform: str, masking_method: Any, image_types: Mapping[str, str], key: str
 ) -> None:
@@ -146,9 +159,7 @@ def mask_of(
     if masking_method is None:
         return np.ones((1, *image.spatial_shape), dtype=bool)
     mask_image = subject[masking_method]
-    if mask_image.spatial_shape != image.spatial_shape or not np.allclose(
-        mask_image.affine, image.affine, rtol=0, atol=subject.tolerance
-    ):
+    if not mask_image.on_grid_of(image, subject.tolerance):
         raise DataError(
             f"{mask_image.path}: subject {subject.id!r}: {what} mask {masking_method!r} is not "
             f"on the grid of {image.name!r} (shape {mask_image.spatial_shape} vs "
@@ -201,4 +212,5 @@ __all__ = [
     "check_one_grid",
     "check_voxels",
     "mask_of",
+    "parse_labels",
 ]

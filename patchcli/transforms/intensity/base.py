@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..image import INTENSITY
+import numpy as np
+
+from ..image import INTENSITY, ImageGeometry
 from ..transform import Transform, check_masking_method
 
 
@@ -18,4 +20,14 @@ class IntensityTransform(Transform):
         check_masking_method(self.name, self.masking_method, image_types, "masking_method")
 
 
-__all__ = ["IntensityTransform"]
+class NormalizationTransform(IntensityTransform):
+    """A normalisation (TorchIO's ``NormalizationTransform``): its images become float32."""
+
+    def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
+        return {
+            name: g.with_dtype(np.float32) if self.selects(name, g.type) else g
+            for name, g in images.items()
+        }
+
+
+__all__ = ["IntensityTransform", "NormalizationTransform"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from ..image import Subject
-from ..transform import check_masking_method, mask_of
+from ..transform import mask_of, parse_labels
 from .base import IntensityTransform
 
 
@@ -29,17 +29,11 @@ class Mask(IntensityTransform):
         super().__init__(**kwargs)
         if isinstance(outside_value, bool) or not isinstance(outside_value, Real):
             raise ConfigError(f"Mask: outside_value must be a number, not {outside_value!r}")
-        if labels is not None and (
-            isinstance(labels, str)
-            or not isinstance(labels, Sequence)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
-        ):
-            raise ConfigError(f"Mask: labels must be a list of integers, not {labels!r}")
         if masking_method is None:
             raise ConfigError("Mask: masking_method must name a label image")
         self.masking_method = masking_method
         self.outside_value = outside_value
-        self.labels = None if labels is None else [int(v) for v in labels]
+        self.labels = parse_labels(labels, self.name)
 
     def arguments(self) -> dict:
         return {
@@ -47,10 +41,6 @@ class Mask(IntensityTransform):
             "outside_value": self.outside_value,
             "labels": self.labels,
         }
-
-    def check_names(self, image_types) -> None:
-        super().check_names(image_types)
-        check_masking_method(self.name, self.masking_method, image_types, "masking_method")
 
     def apply(self, subject: Subject) -> None:
         for image in self.images(subject):

@@ -8,9 +8,9 @@ from numbers import Real
 import numpy as np
 
 from ...errors import ConfigError, DataError
-from ..image import ImageGeometry, Subject
+from ..image import Subject
 from ..transform import mask_of
-from .base import IntensityTransform
+from .base import NormalizationTransform
 
 
 def _pair(value, key: str, low: float | None = None, high: float | None = None):
@@ -29,7 +29,7 @@ def _pair(value, key: str, low: float | None = None, high: float | None = None):
     return first, second
 
 
-class RescaleIntensity(IntensityTransform):
+class RescaleIntensity(NormalizationTransform):
     """Clip to the ``percentiles`` of the values inside ``masking_method`` (all voxels by
     default), then map ``in_min_max`` (default: the clipped range) to ``out_min_max``.
     The result is float32, computed as TorchIO computes it.
@@ -88,12 +88,6 @@ class RescaleIntensity(IntensityTransform):
             array *= out_max - out_min
             array += out_min
             image.data = array
-
-    def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
-        return {
-            name: g.with_dtype(np.float32) if self.selects(name, g.type) else g
-            for name, g in images.items()
-        }
 
 
 __all__ = ["RescaleIntensity"]

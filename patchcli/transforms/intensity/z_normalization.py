@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import DataError
-from ..image import ImageGeometry, Subject
+from ..image import Subject
 from ..transform import mask_of
-from .base import IntensityTransform
+from .base import NormalizationTransform
 
 
-class ZNormalization(IntensityTransform):
+class ZNormalization(NormalizationTransform):
     """Subtract the mean and divide by the standard deviation (with Bessel's correction, as
     TorchIO's ``torch.std``) of the voxels inside ``masking_method`` (a label image's
     non-zero voxels; None: all). The result is float32. Channels share one mean and
@@ -60,12 +60,6 @@ class ZNormalization(IntensityTransform):
             data -= np.float32(mean)
             data /= np.float32(std)
             image.data = data
-
-    def plan(self, images: dict[str, ImageGeometry]) -> dict[str, ImageGeometry]:
-        return {
-            name: g.with_dtype(np.float32) if self.selects(name, g.type) else g
-            for name, g in images.items()
-        }
 
 
 __all__ = ["ZNormalization"]

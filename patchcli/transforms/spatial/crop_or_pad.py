@@ -17,7 +17,14 @@ import numpy as np
 
 from ...errors import ConfigError, PatchcliWarning
 from ..image import ImageGeometry, Subject, spacing_of
-from ..transform import Transform, check_masking_method, check_one_grid, check_voxels, mask_of
+from ..transform import (
+    Transform,
+    check_masking_method,
+    check_one_grid,
+    check_voxels,
+    mask_of,
+    parse_labels,
+)
 from .bounds import shifted_affine
 from .pad import check_padding_mode, pad_array
 
@@ -89,17 +96,11 @@ class CropOrPad(Transform):
             raise ConfigError("CropOrPad: only_crop and only_pad cannot both be true")
         if labels is not None and mask_name is None:
             raise ConfigError("CropOrPad: labels needs mask_name")
-        if labels is not None and (
-            isinstance(labels, str)
-            or not isinstance(labels, Sequence)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
-        ):
-            raise ConfigError(f"CropOrPad: labels must be a list of integers, not {labels!r}")
         self.units = units
         self.target_shape = _parse_target_shape(target_shape, units)
         self.padding_mode = check_padding_mode(padding_mode, self.name)
         self.mask_name = mask_name
-        self.labels = None if labels is None else [int(v) for v in labels]
+        self.labels = parse_labels(labels, self.name)
         self.only_crop = bool(only_crop)
         self.only_pad = bool(only_pad)
 
