@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/patchcli grid configs/grid.yaml --overwrite
 	$(BIN)/patchcli label configs/preprocess.yaml --dry-run
 	$(BIN)/patchcli label configs/preprocess.yaml --overwrite
+	$(BIN)/patchcli label configs/augment.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --format nifti --output demo/out/grid_nifti --overwrite
 	rm -rf demo/out/cluster
 	$(BIN)/patchcli submit label configs/cluster.yaml --shards 2 --time 00:30:00 --dry-run

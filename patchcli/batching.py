@@ -51,6 +51,10 @@ class PatchBatchSampler(Sampler[list[int]]):
         this many of each subject's patches, a new draw per pass (the same for
         the same seed and pass). ``data_source`` must then be a
         :class:`~patchcli.dataset.PatchDataset`; a subject storing fewer is an error.
+        From an output with ``augment`` copies, each pass draws them from one
+        copy of each subject, a different one each pass (every copy once in
+        ``copies`` passes, in an order of its own per subject), as TorchIO's
+        Queue augments a subject anew each epoch.
 
     Notes
     -----
@@ -178,8 +182,26 @@ class PassOrder:
         self.epoch = 0
         self.per_subject = patches_per_subject
         self.groups: list[np.ndarray] = []
+        #: Each subject's rows by copy (one group of rows without augmentation).
+        self.copies: list[list[np.ndarray]] = []
         if patches_per_subject is not None:
             self.groups = _subject_groups(data_source, self.indices, patches_per_subject)
+            self.copies = _copy_groups(data_source, self.groups, patches_per_subject)
+        self.cycle_seed = seed
+        if seed is None and any(len(copies) > 1 for copies in self.copies):
+            # Without a seed, the order of the copies comes from torch's generator, once.
+            self.cycle_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+
+    def _copy_of(self, number: int, group: np.ndarray, epoch: int) -> np.ndarray:
+        """The rows of subject ``number`` to draw from in pass ``epoch``: one copy's, each
+        copy once in ``copies`` passes (all its rows without augmentation)."""
+        copies = self.copies[number]
+        if len(copies) == 1:
+            return group
+        cycle, turn = divmod(epoch, len(copies))
+        # The order of the copies in this cycle of passes, the subject's own.
+        order = np.random.default_rng([self.cycle_seed, cycle, number]).permutation(len(copies))
+        return copies[order[turn]]
 
     @property
     def length(self) -> int:
@@ -196,14 +218,39 @@ class PassOrder:
                 rng = np.random.default_rng(seed)
             else:
                 rng = np.random.default_rng([self.seed, self.epoch])
+        epoch = self.epoch
         self.epoch += 1
         order = self.indices
         if self.per_subject is not None:
-            drawn = [rng.choice(group, self.per_subject, replace=False) for group in self.groups]
+            drawn = [
+                rng.choice(self._copy_of(number, group, epoch), self.per_subject, replace=False)
+                for number, group in enumerate(self.groups)
+            ]
             order = np.sort(np.concatenate(drawn)) if drawn else order[:0]
         if self.shuffle:
             order = rng.permutation(order)
         return order
+
+
+def _copy_groups(data_source, groups: list[np.ndarray], per_subject: int) -> list[list[np.ndarray]]:
+    """Each subject's rows split by augmented copy, each checked to hold ``per_subject``."""
+    copy_index = getattr(data_source, "copy_index", None)
+    if copy_index is None:
+        return [[group] for group in groups]
+    copy_index = np.asarray(copy_index)
+    split = []
+    for group in groups:
+        copy_of = copy_index[group]
+        copies = [group[copy_of == copy] for copy in np.unique(copy_of)]
+        smallest = min(len(rows) for rows in copies)
+        if len(copies) > 1 and smallest < per_subject:
+            subject = data_source.subjects[int(data_source.subject_index[group[0]])]
+            raise ValueError(
+                f"subject {subject.id!r} stores {smallest} patches per augmented copy, fewer "
+                f"than patches_per_subject={per_subject}; extract more (num_patches) or draw fewer"
+            )
+        split.append(copies)
+    return split
 
 
 def _subject_groups(data_source, indices: np.ndarray, per_subject: int) -> list[np.ndarray]:

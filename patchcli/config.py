@@ -35,6 +35,7 @@ from .sampling.geometry import Triplet, to_triplet
 from .sampling.grid import check_padding_mode
 from .shards import parse_shard
 from .transforms import Transform, parse_transforms
+from .transforms.augment import Augmentation, parse_augment
 
 Probability = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 ImageType = Literal["intensity", "label", "sampling_map"]
@@ -151,6 +152,9 @@ class Config(_Strict):
     #: Transforms applied to every subject after loading and before sampling, with
     #: TorchIO's names: ``[ToCanonical, {Resample: 1.5}, ...]`` (patchcli.transforms).
     preprocess: list[Any] | None = None
+    #: Augmentation of each preprocessed subject, ``copies`` times, with TorchIO's
+    #: transforms: ``{copies: K, transforms: [...]}`` (patchcli.transforms.augment).
+    augment: dict[str, Any] | None = None
     # Queue settings (queue-sim, memory), TorchIO's names.
     sampler: Literal["uniform", "weighted", "label", "grid"] = "uniform"
     max_length: int | None = Field(default=None, ge=1)
@@ -240,6 +244,7 @@ class Config(_Strict):
     def _known_transforms(self) -> Config:
         if self.preprocess is not None:
             _as_value_error(parse_transforms, self.preprocess, self.image_types)
+        _as_value_error(parse_augment, self.augment, self.image_types)
         return self
 
     @property
@@ -250,6 +255,11 @@ class Config(_Strict):
     def transforms(self) -> list[Transform]:
         """The ``preprocess`` transforms, in order ([] without any)."""
         return parse_transforms(self.preprocess, self.image_types)
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        """The ``augment`` mapping, checked (None without one)."""
+        return parse_augment(self.augment, self.image_types)
 
     @property
     def patch_triplet(self) -> Triplet:

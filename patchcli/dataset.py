@@ -164,6 +164,7 @@ class PatchDataset(Dataset):
         self._subject_ids = tables.subject_ids
         self._subject_affines = tables.subject_affines
         self._subject_padding = tables.subject_padding
+        self._copy_index = tables.copy_index
 
     @property
     def max_open_files(self) -> int:
@@ -190,6 +191,12 @@ class PatchDataset(Dataset):
     def subject_index(self) -> np.ndarray:
         """(N,) int64: position in :attr:`subjects` of each patch's subject (read-only)."""
         return _read_only(self._subject_index)
+
+    @property
+    def copy_index(self) -> np.ndarray:
+        """(N,) int64: the augmented copy of each patch's subject (``augment``; 0 in
+        outputs without it) (read-only)."""
+        return _read_only(self._copy_index)
 
     def indices_of_subjects(self, subjects: Iterable[str | int]) -> np.ndarray:
         """Dataset indices of the patches of some subjects, in increasing order.

@@ -152,6 +152,12 @@ def format_dry_run(result: DryRun, sampler: str) -> str:
             lines.append(
                 f"  shapes known only from the voxels: {len(plan.shapes) - len(known)} subjects"
             )
+    augmentation = plan.settings.augmentation
+    if augmentation is not None:
+        lines.append(
+            f"  augment: {count(augmentation.copies, 'copy')} of each subject: "
+            f"{describe_preprocess([step.describe() for step in augmentation.steps])}"
+        )
     counts = list(plan.counts) or [0]
     lines.append(f"  patches: {plan.total_patches} ({min(counts)} to {max(counts)} a subject)")
     lines.append(f"  output: {plan.output_path} ({plan.output_format})")

@@ -95,6 +95,8 @@ def _attributes(plan: ExtractionPlan) -> dict:
         mode = settings.padding_mode
         attributes["padding_mode"] = "" if mode is None else str(mode)
         attributes["padding"] = np.asarray(settings.padding, dtype=np.int64)
+    if settings.augmentation is not None:
+        attributes["augment_copies"] = settings.augmentation.copies
     return attributes
 
 
@@ -415,6 +417,8 @@ def _write_subject(writer, spec: SubjectSpec, row: int, messages, bar, check_int
     for index, block in enumerate(messages):
         if index:  # between two blocks; a complete subject is checkpointed first
             check_interrupt()
+        for message in block.warnings:
+            warnings.warn(message, PatchcliWarning, stacklevel=4)
         chunk = block.locations
         at = row + block.first
         if block.payload is None:

@@ -6,7 +6,8 @@ continues a ``.partial`` only if its fingerprint is the current one.
 
 What enters it: the sampler, the sampling keys of the config (the
 ``FINGERPRINT_KEYS`` below, normalised: ``patch_size: 64`` and ``[64, 64,
-64]`` are the same; ``preprocess`` with every argument spelled out), the image
+64]`` are the same; ``preprocess`` with every argument spelled out; ``augment`` with the
+versions of TorchIO and torch; the source of custom ``module:function`` code), the image
 names and types, and the manifest itself
 (every subject's id, image paths and ``num_samples``; not the manifest's own
 path, so two copies of one manifest agree). What does not: the shard, the
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import Config
 from .subjects import SubjectSpec
 from .transforms import describe_transforms
+from .transforms.function import FunctionTransform, function_digest, is_function_reference
 
 #: Config keys that decide the patches, besides ``images`` and the manifest.
 FINGERPRINT_KEYS = (
@@ -42,6 +44,7 @@ FINGERPRINT_KEYS = (
     "output.compression_level",
     "output.dtype",
     "preprocess",
+    "augment",
 )
 #: Config keys that do not change the patches (the test suite checks that every key
 #: of :class:`~patchcli.config.Config` is in one list or the other).
@@ -78,18 +81,51 @@ def _value(config: Config, key: str) -> Any:
         return list(config.overlap_triplet)
     if key == "preprocess":  # arguments with their defaults spelt out: `Resample: 1` == `Resample`
         return describe_transforms(config.transforms)
+    if key == "augment":  # with the versions of TorchIO and torch, which draw the copies
+        augmentation = config.augmentation
+        return None if augmentation is None else augmentation.describe()
     if key == "label_probabilities" and value is not None:
         return sorted([int(label), float(p)] for label, p in value.items())
     return value
 
 
+def _function_digests(config: Config) -> dict[str, str | None]:
+    """The source digest of each ``module:function`` of ``preprocess`` and ``augment``:
+    runs whose custom code differs do not share a fingerprint."""
+    names = [step.reference for step in config.transforms if isinstance(step, FunctionTransform)]
+    if config.augment is not None:
+        names += _references(config.augment.get("transforms"))
+    return {name: function_digest(name) for name in sorted(set(names))}
+
+
+def _references(value: Any) -> list[str]:
+    """Every ``module:function`` in an ``augment`` list, nested ones (``OneOf``,
+    ``Lambda``'s ``function``) included."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            if is_function_reference(key):
+                found.append(key)
+            if key == "function" and is_function_reference(inner):
+                found.append(inner)
+            found += _references(inner)
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            found += [inner] if is_function_reference(inner) else _references(inner)
+    return found
+
+
 def fingerprint_payload(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> dict:
     """What :func:`config_fingerprint` digests, as plain JSON-able data."""
     values = {key: _value(config, key) for key in FINGERPRINT_KEYS}
-    if not values["preprocess"]:
-        # Runs without preprocessing keep the fingerprint they had before it existed, so
-        # that their shards still merge and their .partial files still resume.
-        del values["preprocess"]
+    for key in ("preprocess", "augment"):
+        if not values[key]:
+            # Runs without them keep the fingerprint they had before these existed, so
+            # that their shards still merge and their .partial files still resume.
+            del values[key]
+    functions = _function_digests(config)
+    if functions:
+        values["functions"] = functions
     return {
         "sampler": sampler,
         "images": {name: spec.type for name, spec in config.images.items()},

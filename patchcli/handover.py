@@ -62,6 +62,8 @@ class Block:
     count: int
     payload: Mapping | None
     locations: np.ndarray
+    #: Warnings found since the subject started (an augmented copy's, on its first block).
+    warnings: tuple[str, ...] = ()
 
 
 _memory_files = itertools.count()

@@ -131,7 +131,9 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
         "config": attributes.get("config"),
     }
     description["parameters"] = _sampler_parameters(attributes.get("config"))
-    description["preprocess"] = _recorded_config(attributes.get("config")).get("preprocess") or []
+    recorded = _recorded_config(attributes.get("config"))
+    description["preprocess"] = recorded.get("preprocess") or []
+    description["augment"] = recorded.get("augment")
     if attributes.get("sampler") == "grid":
         overlap = attributes.get("patch_overlap")
         description["patch_overlap"] = None if overlap is None else list(map(int, overlap))

@@ -426,6 +426,8 @@ def _merge_hdf5(
         merged["subject_index"] = np.concatenate(
             [s.subject_index + offset for s, offset in zip(shards, offsets, strict=False)]
         ).astype(np.int64)
+        if first.copy_index is not None:
+            merged["copy_index"] = np.concatenate([s.copy_index for s in shards]).astype(np.int64)
         records = [
             replace(record, patch_start=record.patch_start + start)
             for shard, start in zip(shards, starts, strict=False)

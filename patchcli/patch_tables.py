@@ -82,6 +82,8 @@ class PatchTables:
         (M, 4, 4) float64: the affine of each subject.
     subject_padding : numpy.ndarray
         (M, 3) int64: the grid padding of the output holding each subject.
+    copy_index : numpy.ndarray
+        (N,) int64: the augmented copy of each row (0 in outputs without ``augment``).
     """
 
     starts: np.ndarray
@@ -91,6 +93,7 @@ class PatchTables:
     subject_ids: np.ndarray
     subject_affines: np.ndarray
     subject_padding: np.ndarray
+    copy_index: np.ndarray
 
 
 def concatenate_tables(sources: Sequence[PatchOutput]) -> PatchTables:
@@ -137,6 +140,13 @@ def concatenate_tables(sources: Sequence[PatchOutput]) -> PatchTables:
         subject_ids=np.array([s.id for s in subjects], dtype=str),
         subject_affines=np.array([s.affine for s in subjects], dtype=np.float64).reshape(-1, 4, 4),
         subject_padding=np.array(paddings, dtype=np.int64).reshape(-1, 3),
+        copy_index=_concatenate(
+            [
+                np.zeros(s.num_patches, np.int64) if s.copy_index is None else s.copy_index
+                for s in sources
+            ],
+            (0,),
+        ),
     )
 
 

@@ -115,7 +115,9 @@ def _run_in_worker(
                 unacknowledged = False
             shared = _share(message.payload, region)
             if shared is not None:
-                message = Block(message.first, message.count, shared, message.locations)
+                message = Block(
+                    message.first, message.count, shared, message.locations, message.warnings
+                )
                 unacknowledged = True
         connection.send(message)
     if unacknowledged:  # the next subject on this slot starts with the region free
@@ -227,7 +229,7 @@ def _received(future, connection, region) -> Iterator[SubjectStart | Block]:
             return
         if isinstance(message, Block) and isinstance(message.payload, _Shared):
             payload = _unshare(message.payload, region)
-            yield Block(message.first, message.count, payload, message.locations)
+            yield Block(message.first, message.count, payload, message.locations, message.warnings)
             connection.send(True)  # written: the worker may reuse the region
         else:
             yield message

@@ -28,6 +28,7 @@ from .shards import Shard, parse_shard, shard_output_path
 from .subject_work import SamplingSettings
 from .subjects import SubjectSpec, check_same_geometry, read_manifest, read_subject_headers
 from .transforms import ImageGeometry, plan_transforms
+from .transforms.augment import Augmenter, augmented_geometry
 from .units import parse_size
 
 SAMPLERS = ("uniform", "weighted", "label", "grid")
@@ -121,6 +122,7 @@ def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
         else None,
         image_types=config.image_types,
         transforms=tuple(config.transforms),
+        augmentation=config.augmentation,
     )
 
 
@@ -137,6 +139,10 @@ def plan_extraction(
     settings = _sampler_settings(config, sampler)
     if config.output.path is None:
         raise ConfigError("output.path is required (or give --output)")
+    if settings.augmentation is not None:
+        # TorchIO's transforms made once here: a missing install or a bad argument is
+        # found before any work, not by every worker.
+        Augmenter(settings.augmentation, settings.image_types)
     manifest = (
         subjects if subjects is not None else read_manifest(config.subjects, list(config.images))
     )
@@ -238,9 +244,12 @@ def preprocessed_geometry(
         name: ImageGeometry.of_header(name, settings.image_types.get(name, ""), header)
         for name, header in headers.items()
     }
+    if settings.transforms:
+        images = plan_transforms(settings.transforms, images)
+    if settings.augmentation is not None:
+        images = {name: augmented_geometry(geometry) for name, geometry in images.items()}
     if not settings.transforms:
         return images
-    images = plan_transforms(settings.transforms, images)
     known = {
         name: (g.shape, g.affine)
         for name, g in images.items()
@@ -270,6 +279,7 @@ def _plan_subject(
                 f"channels where other subjects have {channels[name]}"
             )
     after = "after preprocessing, " if settings.transforms else ""
+    copies = 1 if settings.augmentation is None else settings.augmentation.copies
     if first.shape is None:
         if settings.sampler == "grid":
             raise ConfigError(
@@ -277,14 +287,14 @@ def _plan_subject(
                 "depend on the voxels (a CropOrPad around a mask without target_shape, or "
                 "with only_crop or only_pad); give that CropOrPad a target_shape alone"
             )
-        return int(spec.num_samples or config.num_patches)  # the worker checks the fit
+        return copies * int(spec.num_samples or config.num_patches)  # the worker checks the fit
     shape = first.shape
     try:
         if settings.sampler == "grid":
             padded = tuple(np.add(shape, np.multiply(settings.padding, 2)))
-            return count_grid_patches(padded, settings.patch_size, settings.patch_overlap)
+            return copies * count_grid_patches(padded, settings.patch_size, settings.patch_overlap)
         check_patch_fits(settings.patch_size, shape)
-        return int(spec.num_samples or config.num_patches)
+        return copies * int(spec.num_samples or config.num_patches)
     except DataError as error:
         raise DataError(f"{first.path}: subject {spec.id!r}: {after}{error}") from None
 

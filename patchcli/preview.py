@@ -46,8 +46,9 @@ def preview_from_config(config, sampler: str, subject: str | None = None) -> Pre
     plan = plan_extraction(config, sampler)
     index = _pick(plan.subjects, subject, lambda spec: spec.id, config_path=plan.output_path)
     spec = plan.subjects[index]
+    # With augment: its first copy, and that copy's patches.
     prepared = prepare_subject(plan.settings, spec, plan.counts[index])
-    locations = prepared.locations.take(plan.counts[index])
+    locations = prepared.locations.take(prepared.count)
     settings = plan.settings
     return PreviewData(
         subject=spec.id,

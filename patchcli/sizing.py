@@ -16,6 +16,7 @@ from .queue import QueueTrace, TimingEstimate, estimate_timing, simulate_queue
 from .sampling.grid import grid_padding
 from .subjects import SubjectSpec, read_manifest, read_subject_headers
 from .transforms import ImageGeometry
+from .transforms.augment import augmented_geometry
 
 
 def read_subjects_manifest(config: Config) -> list[SubjectSpec] | None:
@@ -78,26 +79,25 @@ def subject_images(config: Config, specs: list[SubjectSpec] | None = None) -> li
             )
             for name, spec in config.images.items()
         }
-        return [_preprocessed(config.transforms, one)] * (config.num_subjects or 1)
+        return [_preprocessed(config, one)] * (config.num_subjects or 1)
     subjects = []
-    transforms = config.transforms
     for spec in specs:
         headers = read_subject_headers(
-            spec, config.reader, config.affine_tolerance, same_grid=not transforms
+            spec, config.reader, config.affine_tolerance, same_grid=not config.preprocess
         )
         images = {
             name: ImageGeometry.of_header(name, config.images[name].type, header)
             for name, header in headers.items()
         }
-        subjects.append(_preprocessed(transforms, images))
+        subjects.append(_preprocessed(config, images))
     return subjects
 
 
-def _preprocessed(transforms, images: dict[str, ImageGeometry]) -> list[ImageInfo]:
-    """The images after ``preprocess``; where a step makes a grid depend on the voxels (a
-    crop around a mask), the grid before that step goes on through the following ones: a
-    crop only shrinks, so the figures are an upper bound."""
-    for transform in transforms:
+def _preprocessed(config: Config, images: dict[str, ImageGeometry]) -> list[ImageInfo]:
+    """The images after ``preprocess`` and ``augment``; where a step makes a grid depend on
+    the voxels (a crop around a mask), the grid before that step goes on through the
+    following ones: a crop only shrinks, so the figures are an upper bound."""
+    for transform in config.transforms:
         planned = transform.plan(images)
         images = {
             name: geometry
@@ -105,6 +105,8 @@ def _preprocessed(transforms, images: dict[str, ImageGeometry]) -> list[ImageInf
             else images[name].with_dtype(geometry.dtype)
             for name, geometry in planned.items()
         }
+    if config.augment is not None:
+        images = {name: augmented_geometry(geometry) for name, geometry in images.items()}
     return [
         ImageInfo(name, geometry.type, geometry.channels, geometry.shape, geometry.dtype)
         for name, geometry in images.items()

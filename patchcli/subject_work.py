@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +29,12 @@ import numpy as np
 from .errors import DataError, PatchcliWarning
 from .handover import Block, Chunks, InPlace, SubjectStart, compress_chunks
 from .io.space import write_error
-from .sampling import pad_volume, subject_rng
+from .sampling import copy_rng, pad_volume, subject_rng
 from .sampling.geometry import Triplet, check_patch_fits
 from .sampling.stream import LocationStream
 from .subjects import SubjectSpec, check_same_geometry, load_subject
 from .transforms import Image, Subject, Transform, apply_transforms
+from .transforms.augment import Augmentation, Augmenter
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class SamplingSettings:
     image_types: Mapping[str, str] = field(default_factory=dict)
     #: Preprocessing, run after loading and before sampling (patchcli.transforms).
     transforms: tuple[Transform, ...] = ()
+    #: Augmentation, run on each copy of a preprocessed subject (None without it).
+    augmentation: Augmentation | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class PreparedSubject:
     warnings: list[str] = field(default_factory=list)
     #: Image name -> ``(shape, affine)`` before preprocessing (None without it).
     source_grids: dict | None = None
+    #: The augmented copy these volumes are (0 without augmentation).
+    copy: int = 0
 
 
 def cast_volume(
@@ -184,67 +190,141 @@ def _load_and_preprocess(
     return volumes, first.affine, first.spatial_shape, source_grids
 
 
+@contextmanager
+def _collected_warnings(subject_id: str) -> Iterator[list[str]]:
+    """patchcli's warnings in the block, as messages naming the subject (handed over to
+    the writer, which may be in another process); other libraries' go on as they came."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PatchcliWarning)
+        yield messages
+    for warning in caught:
+        if not issubclass(warning.category, PatchcliWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    prefix = f"subject {subject_id!r}: "
+    messages.extend(
+        # (Transforms name the subject already.)
+        str(warning.message)
+        if str(warning.message).startswith(prefix)
+        else f"{prefix}{warning.message}"
+        for warning in caught
+        if issubclass(warning.category, PatchcliWarning)
+    )
+
+
+#: This process's augmenter: TorchIO's transforms, made once per process.
+_augmenter: list = []
+
+
+def _augmenter_of(settings: SamplingSettings) -> Augmenter:
+    if not _augmenter or _augmenter[0] != settings.augmentation:
+        augmenter = Augmenter(settings.augmentation, settings.image_types)
+        _augmenter[:] = [settings.augmentation, augmenter]
+    return _augmenter[1]
+
+
+def _sample(
+    settings: SamplingSettings,
+    spec: SubjectSpec,
+    volumes: dict[str, np.ndarray],
+    count: int,
+    rng: np.random.Generator,
+    buffers,
+) -> tuple[dict[str, np.ndarray], LocationStream]:
+    """Pad the volumes for a padded grid, cast them to their output dtypes, and prepare the
+    stream of ``count`` locations."""
+    if settings.padding_mode is not None:
+        volumes = {
+            name: pad_volume(array, settings.padding, settings.padding_mode)
+            for name, array in volumes.items()
+        }
+    # One C-ordered copy in the output dtype: NIfTI volumes come in Fortran order,
+    # and cropping them into C-ordered patches is a strided transpose per patch;
+    # from a C-ordered volume every crop is a run of contiguous rows (8x faster
+    # for 150 patches of 64^3), and needs no cast.
+    cast = {}
+    for name, array in volumes.items():
+        dtype = np.dtype(settings.output_dtypes.get(name, array.dtype))
+        out = None if buffers is None else buffers.get(f"volume {name}", array.shape, dtype)
+        cast[name] = cast_volume(array, dtype, spec.paths[name], out)
+    try:
+        locations = subject_locations(settings, cast, rng)
+    except DataError as error:
+        image = settings.probability_map or settings.label_name
+        path = spec.paths[image] if image else next(iter(spec.paths.values()))
+        raise DataError(f"{path}: subject {spec.id!r}: {error}") from None
+    if locations.grid is not None and len(locations.grid) != count:
+        raise DataError(f"subject {spec.id!r}: expected {count} patches, got {len(locations.grid)}")
+    return cast, locations
+
+
+def prepared_copies(
+    settings: SamplingSettings, spec: SubjectSpec, count: int, buffers=None, only=None
+) -> Iterator[PreparedSubject]:
+    """Load a subject and preprocess it; then the subject ready to crop, or with
+    ``augment`` each augmented copy in turn (``count`` patches in all, shared equally).
+
+    ``only``, a copy's number, gives that copy alone. ``buffers``, a :class:`Buffers`,
+    lends the arrays the volumes are copied into, reused from one subject (and copy) to
+    the next: a copy's volumes are valid until the next one is asked for.
+    """
+    with _collected_warnings(spec.id) as messages:
+        volumes, affine, spatial_shape, source_grids = _load_and_preprocess(settings, spec)
+        if settings.augmentation is None:
+            rng = subject_rng(settings.seed, spec.index)
+            volumes, locations = _sample(settings, spec, volumes, count, rng, buffers)
+    if settings.augmentation is None:
+        yield PreparedSubject(
+            spec, volumes, affine, spatial_shape, locations, count, messages, source_grids
+        )
+        return
+    augmenter = _augmenter_of(settings)
+    subject = Subject(
+        spec.id,
+        {
+            name: Image(name, settings.image_types[name], array, affine, spec.paths[name])
+            for name, array in volumes.items()
+        },
+        settings.tolerance,
+    )
+    del volumes
+    copies = settings.augmentation.copies
+    per_copy = count // copies
+    for copy in range(copies) if only is None else [only]:
+        with _collected_warnings(spec.id) as copy_messages:
+            augmented = augmenter.augment(subject, settings.seed, spec.index, copy)
+            rng = copy_rng(settings.seed, spec.index, copy)
+            volumes = {image.name: image.data for image in augmented}
+            cast, locations = _sample(settings, spec, volumes, per_copy, rng, buffers)
+            del augmented, volumes
+        yield PreparedSubject(
+            spec,
+            cast,
+            affine,
+            spatial_shape,
+            locations,
+            per_copy,
+            messages + [f"copy {copy}: {message}" for message in copy_messages],
+            source_grids,
+            copy,
+        )
+        messages = []
+
+
 def prepare_subject(
-    settings: SamplingSettings, spec: SubjectSpec, count: int, buffers=None
+    settings: SamplingSettings, spec: SubjectSpec, count: int, buffers=None, copy: int = 0
 ) -> PreparedSubject:
-    """Load a subject, preprocess it, pad it for a padded grid, and prepare the stream of
-    its locations.
+    """Load a subject, preprocess it (and with ``augment``, make its copy ``copy``), pad it
+    for a padded grid, and prepare the stream of its locations.
 
     A top-level function so that worker processes can run it. ``buffers``, a
     :class:`Buffers`, lends the arrays the volumes are
     copied into, reused from one subject to the next.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PatchcliWarning)
-        volumes, affine, spatial_shape, source_grids = _load_and_preprocess(settings, spec)
-        if settings.padding_mode is not None:
-            volumes = {
-                name: pad_volume(array, settings.padding, settings.padding_mode)
-                for name, array in volumes.items()
-            }
-        # One C-ordered copy in the output dtype: NIfTI volumes come in Fortran order,
-        # and cropping them into C-ordered patches is a strided transpose per patch;
-        # from a C-ordered volume every crop is a run of contiguous rows (8x faster
-        # for 150 patches of 64^3), and needs no cast.
-        cast = {}
-        for name, array in volumes.items():
-            dtype = np.dtype(settings.output_dtypes.get(name, array.dtype))
-            out = None if buffers is None else buffers.get(f"volume {name}", array.shape, dtype)
-            cast[name] = cast_volume(array, dtype, spec.paths[name], out)
-        volumes = cast
-        rng = subject_rng(settings.seed, spec.index)
-        try:
-            locations = subject_locations(settings, volumes, rng)
-        except DataError as error:
-            image = settings.probability_map or settings.label_name
-            path = spec.paths[image] if image else next(iter(spec.paths.values()))
-            raise DataError(f"{path}: subject {spec.id!r}: {error}") from None
-    for warning in caught:  # other libraries' warnings go on as they came
-        if not issubclass(warning.category, PatchcliWarning):
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    subject = f"subject {spec.id!r}: "
-    messages = [
-        # (Transforms name the subject already.)
-        str(warning.message)
-        if str(warning.message).startswith(subject)
-        else f"{subject}{warning.message}"
-        for warning in caught
-        if issubclass(warning.category, PatchcliWarning)
-    ]
-    if locations.grid is not None and len(locations.grid) != count:
-        raise DataError(f"subject {spec.id!r}: expected {count} patches, got {len(locations.grid)}")
-    return PreparedSubject(
-        spec=spec,
-        volumes=volumes,
-        affine=affine,
-        spatial_shape=spatial_shape,
-        locations=locations,
-        count=count,
-        warnings=messages,
-        source_grids=source_grids,
-    )
+    only = None if settings.augmentation is None else copy
+    return next(prepared_copies(settings, spec, count, buffers, only))
 
 
 def crop_block(
@@ -286,8 +366,11 @@ process_buffers = Buffers()
 def subject_messages(
     settings: SamplingSettings, task: SubjectTask, target, block_patches: int
 ) -> Iterator[SubjectStart | Block]:
-    """Load, sample and crop one subject: a :class:`SubjectStart`, then its blocks."""
-    prepared = prepare_subject(settings, task.spec, task.count, process_buffers)
+    """Load, sample and crop one subject: a :class:`SubjectStart`, then its blocks (with
+    ``augment``, those of each copy in turn: copy ``c`` has rows ``[c * n, (c + 1) * n)``
+    of the subject's ``copies * n``)."""
+    copies = prepared_copies(settings, task.spec, task.count, process_buffers)
+    prepared = next(copies)
     yield SubjectStart(
         prepared.affine,
         prepared.spatial_shape,
@@ -297,7 +380,36 @@ def subject_messages(
     )
     if not task.count:
         return
-    block_patches = max(1, min(block_patches, task.count))
+    descriptor = os.open(target.path, os.O_WRONLY) if isinstance(target, InPlace) else None
+    try:
+        first_row = 0
+        while True:
+            row = task.row + first_row
+            yield from _copy_blocks(
+                settings, prepared, row, first_row, target, descriptor, block_patches
+            )
+            first_row += prepared.count
+            prepared = next(copies, None)
+            if prepared is None:
+                break
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def _copy_blocks(
+    settings: SamplingSettings,
+    prepared: PreparedSubject,
+    row: int,
+    first_row: int,
+    target,
+    descriptor: int | None,
+    block_patches: int,
+) -> Iterator[Block]:
+    """The blocks of one prepared subject (or copy), whose first patch is output row ``row``
+    and row ``first_row`` of its subject."""
+    count = prepared.count
+    block_patches = max(1, min(block_patches, count))
     volumes = prepared.volumes
     buffers = {
         name: process_buffers.get(
@@ -305,30 +417,27 @@ def subject_messages(
         )
         for name, volume in volumes.items()
     }
-    descriptor = os.open(target.path, os.O_WRONLY) if isinstance(target, InPlace) else None
-    try:
-        for first in range(0, task.count, block_patches):
-            locations = prepared.locations.take(min(block_patches, task.count - first))
-            corners = locations.tolist()
-            count = len(corners)
-            crop_block(volumes, corners, buffers)
-            if descriptor is not None:
-                row = task.row + first
-                for name, buffer in buffers.items():
-                    offset = target.offsets[name] + row * target.row_bytes[name]
-                    _write_all(descriptor, memoryview(buffer[:count]).cast("B"), offset, target)
-                payload = None
-            elif isinstance(target, Chunks):
-                payload = {
-                    name: compress_chunks(buffer[:count], target.filters[name])
-                    for name, buffer in buffers.items()
-                }
-            else:
-                payload = {name: buffer[:count] for name, buffer in buffers.items()}
-            yield Block(first, count, payload, locations)
-    finally:
+    # The first block of a copy after the first carries its warnings.
+    warnings_to_hand = prepared.warnings if first_row else []
+    for first in range(0, count, block_patches):
+        locations = prepared.locations.take(min(block_patches, count - first))
+        corners = locations.tolist()
+        taken = len(corners)
+        crop_block(volumes, corners, buffers)
         if descriptor is not None:
-            os.close(descriptor)
+            for name, buffer in buffers.items():
+                offset = target.offsets[name] + (row + first) * target.row_bytes[name]
+                _write_all(descriptor, memoryview(buffer[:taken]).cast("B"), offset, target)
+            payload = None
+        elif isinstance(target, Chunks):
+            payload = {
+                name: compress_chunks(buffer[:taken], target.filters[name])
+                for name, buffer in buffers.items()
+            }
+        else:
+            payload = {name: buffer[:taken] for name, buffer in buffers.items()}
+        yield Block(first_row + first, taken, payload, locations, tuple(warnings_to_hand))
+        warnings_to_hand = []
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int, target: InPlace) -> None:
@@ -348,6 +457,7 @@ __all__ = [
     "cast_volume",
     "crop_block",
     "prepare_subject",
+    "prepared_copies",
     "process_buffers",
     "subject_locations",
     "subject_messages",

@@ -142,10 +142,13 @@ def count(number: int, noun: str) -> str:
 
     Examples
     --------
-    >>> count(1, "subject"), count(0, "patch"), count(2, "shard")
-    ('1 subject', '0 patches', '2 shards')
+    >>> count(1, "subject"), count(0, "patch"), count(2, "shard"), count(3, "copy")
+    ('1 subject', '0 patches', '2 shards', '3 copies')
     """
-    plural = noun + ("es" if noun.endswith(("ch", "sh", "s", "x")) else "s")
+    if noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
+        plural = noun[:-1] + "ies"
+    else:
+        plural = noun + ("es" if noun.endswith(("ch", "sh", "s", "x")) else "s")
     return f"{number} {noun if number == 1 else plural}"
 
 

@@ -296,7 +296,7 @@ CONFIG_ERRORS = {
     ),
     "random transform": (
         ["ToCanonical", {"Resample": 1}, "RandomAffine"],
-        "preprocess[2]: RandomAffine is a random transform (augmentation)",
+        "preprocess[2]: RandomAffine is a random transform: put it under augment",
     ),
     "mask is an intensity image": (
         [{"ZNormalization": {"masking_method": "t1"}}],

@@ -81,6 +81,12 @@ def format_description(description: dict, show_config: bool = False) -> str:
     lines.append(sampler)
     if description.get("preprocess"):
         lines.append(f"  preprocess: {describe_preprocess(description['preprocess'])}")
+    augment = description.get("augment")
+    if augment:
+        lines.append(
+            f"  augment: {count(augment.get('copies', 1), 'copy')} of each subject: "
+            f"{describe_preprocess(augment.get('transforms') or [])}"
+        )
     subjects = description["subjects"]
     patches = description["patches"]
     lines.append(f"  {count(patches, 'patch')} from {count(len(subjects), 'subject')}")

@@ -29,6 +29,7 @@ RUN_ATTRIBUTES = (
     "shard_index",
     "shard_count",
     "merge",
+    "augment_copies",
 )
 
 

@@ -21,7 +21,7 @@ from ..handover import Chunks, InPlace
 from .compact import compact_rows, compacting_path
 from .format import FORMAT_NAME, FORMAT_VERSION
 from .space import ensure_space, extend_to_allocated, release
-from .writer import PartialUnusable, PatchWriter, SkippedSubject, SubjectRecord
+from .writer import PartialUnusable, PatchWriter, SkippedSubject, SubjectRecord, copy_index
 
 #: Space kept reserved past the end of a file being written, for HDF5's metadata.
 _METADATA_MARGIN = 4 * 2**20
@@ -296,19 +296,25 @@ class Hdf5PatchWriter(PatchWriter):
         of skipped subjects)."""
         if not self.file.id.valid:
             return
-        for table in ("subjects", "skipped_subjects"):
+        for table in ("subjects", "skipped_subjects", "copy_index"):
             if table in self.file:  # closed once already (a run stopped before its rename)
                 del self.file[table]
         if self.holes:
             self._compact()
         rows = self.subjects
         table = sum(
-            200 + sum(len(p) for p in r.source.values()) + 160 * len(r.source_grids or ())
+            200
+            + sum(len(p) for p in r.source.values())
+            + 160 * len(r.source_grids or ())
+            + 8 * r.patch_count * ("augment_copies" in self.file.attrs)
             for r in rows
         )
         if _METADATA_MARGIN + table > self._own_reserve:
             self._reserve(_METADATA_MARGIN + table, _METADATA_MARGIN + table)
         write_subjects(self.file, rows, self.image_names)
+        if "augment_copies" in self.file.attrs:
+            copies = int(self.file.attrs["augment_copies"])
+            self.file.create_dataset("copy_index", data=copy_index(rows, copies))
         if self.skipped:
             write_skipped(self.file, self.skipped_in_manifest_order())
         self.file.close()

@@ -2,7 +2,7 @@
 
 Layout (docs/format.md)::
 
-    OUTDIR/patches.csv                  subject,patch,i0,j0,k0,i1,j1,k1,<image>,...
+    OUTDIR/patches.csv                  subject,patch,[copy,]i0,j0,k0,i1,j1,k1,<image>,...
     OUTDIR/patchcli.yaml                run metadata and the subjects table
     OUTDIR/<subject>/<image>_<NNNNNN>.nii.gz
 
@@ -92,12 +92,16 @@ class NiftiPatchWriter(PatchWriter):
             "dtypes": {name: np.dtype(spec[1]).name for name, spec in images.items()},
         }
         self.config_text = attributes.get("config", "")
+        #: Augmented copies per subject (None without augmentation: no ``copy`` column).
+        self.copies = attributes.get("augment_copies")
         table = self.folder / CSV_NAME
         if csv_offset is None:
             self._stream = open(table, "w", newline="", encoding="utf-8")
             self._csv = csv.writer(self._stream)
+            copy_column = [] if self.copies is None else ["copy"]
             self._csv.writerow(
-                ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *self.image_names]
+                ["subject", "patch", *copy_column, "i0", "j0", "k0", "i1", "j1", "k1"]
+                + self.image_names
             )
         else:
             self._resume(table, done, csv_offset)
@@ -162,7 +166,9 @@ class NiftiPatchWriter(PatchWriter):
                     relative_path = f"{subject.id}/{patch_file_name(name, number)}"
                     write_patch_nifti(self.folder / relative_path, arrays[name][offset], world)
                     relative.append(relative_path)
-                self._csv.writerow([subject.id, number, *location.tolist(), *relative])
+                per_copy = subject.patch_count // (self.copies or 1)
+                copy = [] if self.copies is None else [number // per_copy]
+                self._csv.writerow([subject.id, number, *copy, *location.tolist(), *relative])
         except OSError as error:
             if not is_disk_full(error):
                 raise

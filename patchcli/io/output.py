@@ -69,6 +69,8 @@ class PatchOutput:
         the shards of a merge).
     skipped : list of SkippedSubject
         Subjects of the run left out by ``on_error: skip``, in manifest order.
+    copy_index : numpy.ndarray or None
+        (N,) int64, the augmented copy of each patch (None for a run without ``augment``).
     """
 
     path: Path
@@ -86,6 +88,7 @@ class PatchOutput:
     attributes: dict[str, Any] = field(default_factory=dict)
     parts: list[Part] = field(default_factory=list)
     skipped: list[SkippedSubject] = field(default_factory=list)
+    copy_index: np.ndarray | None = None
     # NIfTI only: image name -> (N,) array of file paths relative to the folder. A
     # numpy array rather than a list of str: forked workers touching the refcounts
     # of millions of small objects would copy them page by page.
@@ -117,6 +120,11 @@ class PatchOutput:
     def merge(self) -> str | None:
         """``"virtual"`` or ``"copy"`` for an output made by ``patchcli merge``, else None."""
         return self.attributes.get("merge") or None
+
+    @property
+    def copies(self) -> int:
+        """Augmented copies of each subject (1 for a run without ``augment``)."""
+        return int(self.attributes.get("augment_copies") or 1)
 
     @property
     def manifest_rows(self) -> list[int | None]:

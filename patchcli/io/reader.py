@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,17 @@ from .writer import SkippedSubject, SubjectRecord, source_grids_from_plain
 
 #: How a user accepts a file that reads from outside its folder.
 _ALLOW = "refused unless allowed: allow_external=True, or info --allow-external"
+
+
+def _check_copy_index(
+    copy_index: np.ndarray | None, copies: Any, rows: int, path: Path, what: str
+) -> None:
+    if copy_index is None:
+        return
+    if len(copy_index) != rows:
+        raise DataError(f"{path}: {what} has {len(copy_index)} rows but there are {rows} patches")
+    if len(copy_index) and (copy_index.min() < 0 or copy_index.max() >= int(copies)):
+        raise DataError(f"{path}: {what} holds copies outside 0 to {int(copies) - 1}")
 
 
 def read_patch_output(path: str | os.PathLike, *, allow_external: bool = False) -> PatchOutput:
@@ -94,6 +106,9 @@ def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
             padding = np.asarray(attributes.get("padding", np.zeros(3)), dtype=np.int64)
             locations = np.asarray(file["locations"][()], dtype=np.int64).reshape(-1, 6)
             subject_index = np.asarray(file["subject_index"][()], dtype=np.int64).reshape(-1)
+            copy_index = None
+            if "augment_copies" in attributes:
+                copy_index = np.asarray(file["copy_index"][()], dtype=np.int64).reshape(-1)
             channels, dtypes = {}, {}
             for name in images:
                 _check_link(file, f"patches/{name}", path, allow_external)
@@ -129,6 +144,7 @@ def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
         )
     if len(subject_index) and (subject_index.min() < 0 or subject_index.max() >= len(subjects)):
         raise DataError(f"{path}: /subject_index points outside the subjects table")
+    _check_copy_index(copy_index, plain.get("augment_copies"), len(locations), path, "/copy_index")
     for subject in subjects:  # images without a recorded source path
         for name in images:
             subject.source.setdefault(name, "")
@@ -148,6 +164,7 @@ def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
         attributes=plain,
         parts=parts,
         skipped=skipped,
+        copy_index=copy_index,
     )
 
 
@@ -254,10 +271,13 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
     position_of = {str(row["id"]): number for number, row in enumerate(subject_rows)}
     locations = []
     subject_index = []
+    copies = metadata.get("augment_copies")
+    copy_index: list[int] | None = None if copies is None else []
     files: dict[str, list[str]] = {name: [] for name in images}
     with open(table_path, newline="", encoding="utf-8") as stream:
         reader = csv.DictReader(stream)
-        expected = ["subject", "patch", "i0", "j0", "k0", "i1", "j1", "k1", *images]
+        copy_column = [] if copies is None else ["copy"]
+        expected = ["subject", "patch", *copy_column, "i0", "j0", "k0", "i1", "j1", "k1", *images]
         if reader.fieldnames != expected:
             raise DataError(
                 f"{table_path}: header {reader.fieldnames} does not match the images of "
@@ -272,6 +292,11 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
                 locations.append([int(row[key]) for key in ("i0", "j0", "k0", "i1", "j1", "k1")])
             except (TypeError, ValueError):
                 raise DataError(f"{table_path}: line {line_number}: invalid location") from None
+            if copy_index is not None:
+                try:
+                    copy_index.append(int(row["copy"]))
+                except (TypeError, ValueError):
+                    raise DataError(f"{table_path}: line {line_number}: invalid copy") from None
             for name in images:
                 relative = row[name] or ""
                 if not _inside(relative, folder):
@@ -316,6 +341,8 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
         for name in images:
             subject.source.setdefault(name, "")
     attributes = {key: metadata[key] for key in RUN_ATTRIBUTES if key in metadata}
+    copy_array = None if copy_index is None else np.asarray(copy_index, dtype=np.int64)
+    _check_copy_index(copy_array, copies, len(locations), table_path, "the copy column")
     return PatchOutput(
         path=folder,
         kind="nifti",
@@ -331,6 +358,7 @@ def _read_nifti_folder(folder: Path) -> PatchOutput:
         dtypes=dtypes,
         attributes=attributes,
         skipped=skipped,
+        copy_index=copy_array,
         nifti_files={name: np.array(paths, dtype=str) for name, paths in files.items()},
     )
 

@@ -44,6 +44,23 @@ def source_grids_from_plain(data: Mapping | None) -> dict[str, SourceGrid] | Non
     }
 
 
+def copy_index(records: Sequence[SubjectRecord], copies: int) -> np.ndarray:
+    """Each row's augmented copy, for rows in subject order: a subject's rows are its
+    ``copies`` copies in turn, each the same number of rows.
+
+    Examples
+    --------
+    >>> record = SubjectRecord("a", np.eye(4), (9, 9, 9), {}, 0, 6)
+    >>> copy_index([record, record], 3).tolist()
+    [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    """
+    parts = [
+        np.repeat(np.arange(copies, dtype=np.int64), record.patch_count // copies)
+        for record in records
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 class PartialUnusable(DataError):
     """A ``.partial`` that cannot be continued (a kill left it unreadable): start again.
 

@@ -7,11 +7,13 @@ Every sampler returns an ``(n, 6)`` int64 array of locations
 from .geometry import patch_affine, to_triplet, valid_centre_box
 from .grid import count_grid_patches, grid_locations, grid_padding, pad_volume
 from .label import label_candidates, label_locations
-from .random import subject_rng
+from .random import copy_rng, copy_torch_seed, subject_rng
 from .uniform import uniform_locations
 from .weighted import weighted_locations
 
 __all__ = [
+    "copy_rng",
+    "copy_torch_seed",
     "count_grid_patches",
     "grid_locations",
     "grid_padding",

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from .function import FunctionTransform, is_function_reference
 from .image import ImageGeometry, Subject
 from .intensity import Clamp, Mask, RescaleIntensity, ZNormalization
 from .label import RemapLabels
@@ -86,15 +87,22 @@ def parse_transform(entry: Any, image_types: Mapping[str, str], where: str) -> T
         raise ConfigError(
             f"{where}: each transform is a name or {{Name: {{argument: value}}}}, not {entry!r}"
         )
+    if is_function_reference(name):
+        if arguments is not None and not isinstance(arguments, Mapping):
+            raise ConfigError(
+                f"{where}: {name} takes keyword arguments {{argument: value}}, not {arguments!r}"
+            )
+        return FunctionTransform(name, arguments)
     if not isinstance(name, str) or name not in TRANSFORMS:
         if name in RANDOM_TRANSFORMS:
             raise ConfigError(
-                f"{where}: {name} is a random transform (augmentation); preprocess takes "
-                "deterministic transforms"
+                f"{where}: {name} is a random transform: put it under augment "
+                "(augment: {copies: K, transforms: [...]}); preprocess takes deterministic "
+                "transforms"
             )
         raise ConfigError(
             f"{where}: unknown transform {name!r}{_did_you_mean(str(name), TRANSFORMS)} "
-            f"(transforms: {', '.join(TRANSFORMS)})"
+            f"(transforms: {', '.join(TRANSFORMS)}, or module:function for custom code)"
         )
     cls = TRANSFORMS[name]
     parameters = _parameters(cls)
