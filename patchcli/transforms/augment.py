@@ -26,7 +26,8 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..errors import ConfigError, DataError, PatchcliError
 from ..sampling.random import FUNCTIONS, copy_rng, copy_torch_seed
 from .function import apply_arrays_function, is_function_reference, load_function
 from .image import INTENSITY, LABEL, Image, ImageGeometry, Subject
+from .registry import transform_parameters
 
 #: The command that installs what ``augment`` needs.
 INSTALL_AUGMENT = "pip install 'patchcli[augment]'"
@@ -189,12 +191,12 @@ def import_torchio():
     return torchio
 
 
-def augmented_geometry(geometry: ImageGeometry, output_dtype: str | None = None) -> ImageGeometry:
+def augmented_geometry(geometry: ImageGeometry) -> ImageGeometry:
     """An image after augmentation: on its grid still; intensity images as TorchIO gives
-    them (float32) unless ``output.dtype`` says otherwise; labels and sampling maps keep
+    them, float32 (the plan then applies ``output.dtype``); labels and sampling maps keep
     their dtype (values rounded back into it, and refused if out of range)."""
     if geometry.type == INTENSITY:
-        return geometry.with_dtype(output_dtype or np.float32)
+        return geometry.with_dtype(np.float32)
     return geometry
 
 
@@ -242,7 +244,7 @@ class Augmenter:
                 f"{where}: unknown TorchIO transform {name!r}{_did_you_mean(name, known)}"
             )
         cls = known[name]
-        parameters = _parameters(cls)
+        parameters = transform_parameters(cls)
         if arguments is None:
             arguments = {}
         elif not isinstance(arguments, Mapping):
@@ -290,57 +292,81 @@ class Augmenter:
     def augment(self, subject: Subject, seed: int, manifest_row: int, copy: int) -> Subject:
         """Copy ``copy`` of ``subject`` (which is left as it was), on the same grid.
 
+        TorchIO's transforms run as one ``tio.Compose`` (a run of them between two
+        ``input: arrays`` functions as one each), in one torch stream seeded from
+        ``(seed, manifest_row, copy)``: with TorchIO's transforms alone, the copy is what
+        ``tio.Compose(transforms)`` gives after ``torch.manual_seed`` of that seed. The
+        functions share one numpy generator of the same triple.
+
         Raises
         ------
         DataError
-            Naming the subject: a transform failed on it, or moved an image off its grid.
+            Naming the subject and the copy: a transform failed on it, or moved an image
+            off its grid.
         """
-        images = dict(subject.images)
-        current = Subject(subject.id, images, subject.tolerance)
+        try:
+            with self._seeded(seed, manifest_row, copy):
+                current = self._augment(subject, copy_rng(seed, manifest_row, copy, FUNCTIONS))
+            _check_grids(subject, current)
+        except DataError as error:
+            named = f"subject {subject.id!r}: "
+            message = str(error)
+            if f"copy {copy}" not in message and named in message:
+                message = message.replace(named, f"{named}copy {copy}: ", 1)
+            raise DataError(message) from None
+        return current
+
+    def _augment(self, subject: Subject, rng: np.random.Generator) -> Subject:
+        current = Subject(subject.id, dict(subject.images), subject.tolerance)
         pending: list[Callable] = []
         for kind, function, step in self.steps:
             if kind == "torchio":
                 pending.append(function)
                 continue
             if pending:
-                current = self._run_torchio(pending, current, seed, manifest_row, copy)
+                current = self._run_torchio(pending, current)
                 pending = []
             for image in current:  # the function may change arrays in place: not the subject's
                 if image.data is subject[image.name].data:
                     current.images[image.name] = replace(image, data=image.data.copy())
-            rng = copy_rng(seed, manifest_row, copy, FUNCTIONS)
             apply_arrays_function(function, step.name, current, step.arguments, rng)
         if pending:
-            current = self._run_torchio(pending, current, seed, manifest_row, copy)
-        _check_grids(subject, current)
+            current = self._run_torchio(pending, current)
         return current
 
-    def _run_torchio(
-        self, transforms: list[Callable], subject: Subject, seed: int, row: int, copy: int
-    ) -> Subject:
+    @contextmanager
+    def _seeded(self, seed: int, row: int, copy: int) -> Iterator[None]:
+        """torch's generator seeded for one copy, and one thread (reductions then add in one
+        order, whatever the process layout); both restored after."""
+        if self.tio is None:
+            yield
+            return
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(copy_torch_seed(seed, row, copy))
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run_torchio(self, transforms: list[Callable], subject: Subject) -> Subject:
         import torch
 
         tio = self.tio
         tio_subject = tio.Subject({image.name: _to_torchio(tio, torch, image) for image in subject})
         first = next(iter(subject))
-        threads = torch.get_num_threads()
         try:
-            # One thread: reductions then add in one order, whatever the process layout.
-            torch.set_num_threads(1)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(copy_torch_seed(seed, row, copy))
-                result = tio_subject
-                for transform in transforms:
-                    result = transform(result)
+            result = tio.Compose(transforms)(tio_subject)
         except PatchcliError:
             raise
         except Exception as error:  # TorchIO's or the user's code, on this subject's voxels
             raise DataError(
-                f"{first.path}: subject {subject.id!r}: augment failed on copy {copy}: "
+                f"{first.path}: subject {subject.id!r}: augment failed: "
                 f"{type(error).__name__}: {error}"
             ) from None
-        finally:
-            torch.set_num_threads(threads)
         if not isinstance(result, tio.Subject):
             raise DataError(
                 f"{first.path}: subject {subject.id!r}: augment must give a tio.Subject, "
@@ -371,24 +397,6 @@ def _torchio_transforms(tio) -> dict[str, type]:
         and not inspect.isabstract(value)
         and name not in ("Transform", "SpatialTransform", "IntensityTransform", "LabelTransform")
     }
-
-
-def _parameters(cls: type) -> list[str]:
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object:
-            continue
-        signature = inspect.signature(klass.__init__)
-        for name, parameter in signature.parameters.items():
-            if name != "self" and parameter.kind in (
-                parameter.POSITIONAL_OR_KEYWORD,
-                parameter.KEYWORD_ONLY,
-            ):
-                if name not in names:
-                    names.append(name)
-        if "kwargs" not in signature.parameters:
-            break
-    return names
 
 
 def _construct(cls: type, arguments: Mapping[str, Any], where: str):
