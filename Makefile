@@ -49,6 +49,8 @@ bench: install
 	$(BIN)/python bench/bench_queue.py --workdir /dev/shm --out-json bench/results/queue.json
 	$(BIN)/python bench/bench_merge.py --shards 1000 --out-json bench/results/merge.json
 	$(BIN)/python bench/bench_preprocess.py --out-json bench/results/preprocess.json
+	$(BIN)/pip install --quiet pybids    # the side-by-side of bench_layouts only
+	$(BIN)/python bench/bench_layouts.py --out-json bench/results/layouts.json
 
 lint: install
 	$(BIN)/ruff check patchcli tests bench

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-__all__ = ["__version__", "PatchDataset", "GridAggregator"]
+__all__ = ["__version__", "PatchDataset", "GridAggregator", "extract_torchio"]
 
 
 def __getattr__(name: str):
@@ -13,6 +13,10 @@ def __getattr__(name: str):
         from .dataset import PatchDataset
 
         return PatchDataset
+    if name == "extract_torchio":
+        from .torchio_input import extract_torchio
+
+        return extract_torchio
     if name == "GridAggregator":
         from .aggregate import GridAggregator
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .errors import ConfigError, DataError, PatchcliError
-from .io.reader import read_patch_output
 from .plan import SAMPLERS, plan_extraction
-from .shards import SHARD_COUNT_VARIABLE, Shard, shard_output_path
+from .repair import RunStatus, run_status
+from .shards import SHARD_COUNT_VARIABLE, Shard, shard_output_path, slurm_folder
 
 #: Job states in which a job may still run (squeue's long names).
 ACTIVE_STATES = frozenset(
@@ -108,7 +108,12 @@ class SubmitPlan:
     todo: list[int]
     merge: bool
     scripts: dict[str, str] = field(default_factory=dict)
-    fingerprint: str = ""
+    #: Run the shards that skipped subjects again (``--retry-skipped``).
+    retry_skipped: bool = False
+    #: The merged output exists and is made again (its shards changed).
+    replace_merge: bool = False
+    #: Each shard's state when planned (patchcli.repair).
+    status: RunStatus | None = None
 
     @property
     def config_snapshot(self) -> Path:
@@ -152,19 +157,20 @@ class WaitResult:
 
 
 # ----------------------------------------------------------------- planning
-def slurm_folder(output: Path) -> Path:
-    """Where the scripts, the config snapshot and the logs of ``output``'s jobs go."""
-    return Path(output).with_name(Path(output).name + ".slurm")
-
-
 def plan_submission(
     command: str,
     config_path: str | os.PathLike,
     shards: int,
     options: SlurmOptions | None = None,
     overrides: Mapping | None = None,
+    retry_skipped: bool = False,
 ) -> SubmitPlan:
     """Check the run and every input's header, and prepare the scripts.
+
+    The shards to run are those missing, failed (a ``.partial`` only) or stale (their
+    own manifest rows changed since they were made; patchcli.repair), and with
+    ``retry_skipped`` those that skipped subjects; the merge is made (again) when any
+    shard runs or the merged output is not that of the current shards.
 
     Raises
     ------
@@ -191,9 +197,10 @@ def plan_submission(
         shards=shards,
         todo=[],
         merge=True,
-        fingerprint=whole.fingerprint,
+        retry_skipped=retry_skipped,
     )
-    plan.todo, plan.merge = _remaining_work(plan)
+    plan.status = run_status(config, command, whole.manifest, output, shards)
+    plan.todo, plan.merge = _remaining_work(plan, plan.status)
     plan.scripts = {
         "array.sbatch": _array_script(plan, options) if plan.todo else "",
         "merge.sbatch": _merge_script(plan, options) if plan.merge else "",
@@ -201,39 +208,27 @@ def plan_submission(
     return plan
 
 
-def _complete(path: Path, fingerprint: str) -> bool | None:
-    """True: a complete output of this run; False: absent; None: another run's output."""
-    if not path.exists():
-        return False
-    try:
-        found = read_patch_output(path)
-    except DataError:
-        return None
-    return True if found.fingerprint == fingerprint else None
-
-
-def _remaining_work(plan: SubmitPlan) -> tuple[list[int], bool]:
-    merged = _complete(plan.output, plan.fingerprint)
-    if merged:
+def _remaining_work(plan: SubmitPlan, status: RunStatus) -> tuple[list[int], bool]:
+    """The shards to run and whether to merge; refuses outputs of other settings in the way."""
+    merged = status.merged
+    retried = plan.retry_skipped and any(shard.state == "skipped" for shard in status.shards)
+    if merged == "current" or (merged == "skipped" and not retried):
         return [], False
-    if merged is None:
+    if merged == "foreign":
         raise DataError(
-            f"{plan.output}: exists and was not made by this run (another config or manifest); "
-            "move it away first"
+            f"{plan.output}: exists and was not made with this run's settings (another "
+            "sampler, seed, preprocessing, ...); move it away first"
         )
-    todo, foreign = [], []
-    for index in range(plan.shards):
-        state = _complete(plan.shard_output(index), plan.fingerprint)
-        if state is None:
-            foreign.append(plan.shard_output(index).name)
-        elif not state:
-            todo.append(index)
+    foreign = [shard.path.name for shard in status.foreign]
     if foreign:
         raise DataError(
-            f"{plan.output}: shards made by another run are in the way ({', '.join(foreign[:3])}"
-            f"{' ...' if len(foreign) > 3 else ''}); move them away, or submit to another output"
+            f"{plan.output}: shards made with other settings are in the way "
+            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); move them away, "
+            "or submit to another output"
         )
-    return todo, True
+    # A merge made before (of stale shards, or with skips being retried) is replaced.
+    plan.replace_merge = merged != "missing"
+    return status.to_run(plan.retry_skipped), True
 
 
 def array_range(indices: Sequence[int]) -> str:
@@ -276,14 +271,16 @@ def _array_script(plan: SubmitPlan, options: SlurmOptions) -> str:
         str(plan.folder / "shard-%a.log"),
     )
     lines.insert(3, f"#SBATCH --array={array}")
+    again = ["--retry-skipped"] if plan.retry_skipped else ["--resume"]
     task = _patchcli(
-        [plan.command, str(plan.config_snapshot), "--shard", "auto", "--resume", "--quiet"]
+        [plan.command, str(plan.config_snapshot), "--shard", "auto", *again, "--quiet"]
     )
     lines += [
         "",
         "# One shard per task: the array index is the shard index (resubmissions run",
-        "# only the missing ones). --resume continues a task stopped at its time limit",
-        "# or preempted, and does nothing for a shard already complete.",
+        "# only the missing, failed and stale ones). --resume continues a task stopped at",
+        "# its time limit or preempted, does nothing for a shard already complete, and runs",
+        "# again a shard whose manifest rows changed (--retry-skipped: or that skipped some).",
         f"export {SHARD_COUNT_VARIABLE}={plan.shards}",
         'echo "$(date -Is) shard $SLURM_ARRAY_TASK_ID of $PATCHCLI_SHARD_COUNT on $(hostname)"',
         "# A job step (srun), so that scancel --signal=TERM and --signal reach patchcli;",
@@ -302,12 +299,14 @@ def _merge_script(plan: SubmitPlan, options: SlurmOptions) -> str:
         sbatch_options=options.sbatch_options,
     )
     lines = _header(plan, merge_options, f"patchcli-merge-{plan.output.name}", str(plan.log(None)))
+    replace = ["--overwrite"] if plan.replace_merge else []
+    merge = ["merge", str(plan.output), "--config", str(plan.config_snapshot), "--quiet", *replace]
     lines += [
         "",
         "# Submitted with --dependency=afterok:<array job> --kill-on-invalid-dep=yes:",
         "# it runs once every shard succeeded, and is cancelled if one failed.",
         'echo "$(date -Is) merge on $(hostname)"',
-        f"exec {_patchcli(['merge', str(plan.output), '--quiet'])}",
+        f"exec {_patchcli(merge)}",
         "",
     ]
     return "\n".join(lines)
@@ -444,12 +443,14 @@ def wait(
                 f"{timeout:.0f} s"
             )
         time.sleep(poll_seconds)
-    if _complete(plan.output, plan.fingerprint):
+    whole = plan_extraction(plan.config, plan.command)
+    status = run_status(plan.config, plan.command, whole.manifest, plan.output, plan.shards)
+    if status.merged in ("current", "skipped"):
         return WaitResult(True, [])
     failed = [
-        FailedTask(index, plan.log(index), _tail(plan.log(index)))
-        for index in range(plan.shards)
-        if not _complete(plan.shard_output(index), plan.fingerprint)
+        FailedTask(shard.index, plan.log(shard.index), _tail(plan.log(shard.index)))
+        for shard in status.shards
+        if shard.state not in ("current", "skipped")
     ]
     if not failed:  # every shard there: the merge itself failed
         failed = [FailedTask(None, plan.log(None), _tail(plan.log(None)))]

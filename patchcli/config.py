@@ -31,6 +31,8 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .layouts import LAYOUTS, layout_image_types, layout_source
+from .names import image_name_problem
 from .sampling.geometry import Triplet, to_triplet
 from .sampling.grid import check_padding_mode
 from .shards import parse_shard
@@ -55,6 +57,9 @@ class ImageSpec(_Strict):
     shape: tuple[int, int, int] | None = None
     channels: int = Field(default=1, ge=1)
     dtype: str = "float32"
+    #: With ``subjects: {bids: DIR}``: the BIDS entities that select this image's file
+    #: (``{suffix: T1w}``, ``{suffix: dseg, desc: tissue, scope: derivatives}``).
+    bids: dict[str, Any] | None = None
     #: Voxel size in mm (with ``shape``, for ``preprocess`` in ``memory`` without files;
     #: default 1 mm).
     spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
@@ -70,20 +75,12 @@ class ImageSpec(_Strict):
         return check_dtype(value)
 
 
-#: Names that an image cannot take: manifest columns and reader item keys.
-RESERVED_IMAGE_NAMES = frozenset(
-    {"subject", "id", "num_samples", "patch", "location", "i0", "j0", "k0", "i1", "j1", "k1"}
-)
-_IMAGE_NAME = re.compile(r"^\w[\w.+-]*$")
-
-
 def check_image_name(name: str) -> str:
-    """Image names become file names and HDF5 dataset names: keep them plain."""
-    if not _IMAGE_NAME.match(name) or name in RESERVED_IMAGE_NAMES:
-        raise ValueError(
-            f"image name {name!r} must be letters, digits, '_', '.', '+' or '-' (not starting "
-            f"with a symbol) and not one of {sorted(RESERVED_IMAGE_NAMES)}"
-        )
+    """Image names become file names and HDF5 dataset names: keep them plain
+    (patchcli.names)."""
+    problem = image_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
     return name
 
 
@@ -128,7 +125,9 @@ MAX_WORKERS = 1024
 class Config(_Strict):
     """The resolved configuration of a run."""
 
-    subjects: Path | list[dict[str, Any]] | None = None
+    #: A CSV manifest, an inline list, or a dataset in a standard layout:
+    #: ``{bids: DIR, participant_label: [...]}``, ``{nnunet: DIR}``, ``{decathlon: DIR}``.
+    subjects: Path | list[dict[str, Any]] | dict[str, Any] | None = None
     images: dict[str, ImageSpec] = Field(default_factory=dict)
     patch_size: int | tuple[int, int, int] | None = None
     num_patches: int | None = Field(default=None, ge=1, le=MAX_PATCHES)
@@ -168,6 +167,46 @@ class Config(_Strict):
     num_subjects: int | None = Field(default=None, ge=1)
     load_seconds: float | None = Field(default=None, ge=0)
     step_seconds: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_images(cls, data: Any) -> Any:
+        # nnU-Net and Decathlon datasets name their images (dataset.json): `images` may
+        # leave them out, or give some of them another type.
+        if not isinstance(data, Mapping) or not isinstance(data.get("subjects"), Mapping):
+            return data
+        kind, root, options = _as_value_error(layout_source, data["subjects"])
+        given = {
+            name: {"type": spec} if isinstance(spec, str) else dict(spec or {})
+            for name, spec in (data.get("images") or {}).items()
+        }
+        overrides = {name: {"type": spec["type"]} for name, spec in given.items() if "type" in spec}
+        types = _as_value_error(layout_image_types, kind, root, overrides, **options)
+        if types is None:
+            return data
+        return {
+            **data,
+            "images": {
+                name: {**given.get(name, {}), "type": image_type}
+                for name, image_type in types.items()
+            },
+        }
+
+    @model_validator(mode="after")
+    def _bids_entities(self) -> Config:
+        bids = isinstance(self.subjects, dict) and "bids" in self.subjects
+        for name, spec in self.images.items():
+            if bids and not spec.bids:
+                raise ValueError(
+                    f"images: image {name!r} needs its BIDS entities, e.g. "
+                    f"{name}: {{type: {spec.type}, bids: {{suffix: T1w}}}}"
+                )
+            if spec.bids and not bids:
+                raise ValueError(
+                    f"images: image {name!r} has bids entities, but subjects is not a BIDS "
+                    "dataset ({bids: DIR})"
+                )
+        return self
 
     @field_validator("images", mode="before")
     @classmethod
@@ -381,6 +420,8 @@ def load_config(
     # Paths written in the file are relative to the file.
     if isinstance(data.get("subjects"), str):
         data["subjects"] = _resolve(data["subjects"], base)
+    if isinstance(data.get("subjects"), dict):  # a dataset's folder: {bids: DIR, ...}
+        data["subjects"] = _resolve_layout_root(data["subjects"], base)
     output = data.get("output")
     if isinstance(output, str):  # `output: out.h5` is short for `output: {path: out.h5}`
         output = data["output"] = {"path": output}
@@ -394,6 +435,8 @@ def load_config(
             continue
         if value is RESET:
             value = None
+        elif key == "subjects" and isinstance(value, Mapping):
+            value = _resolve_layout_root(value, Path.cwd())
         elif key in ("subjects", "output.path"):
             value = _resolve(value, Path.cwd())
         target = data
@@ -408,6 +451,14 @@ def load_config(
         return Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{source or 'options'}: {_first_problem(error)}") from None
+
+
+def _resolve_layout_root(subjects: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """A ``{bids: DIR, ...}`` mapping with its folder resolved against ``base``."""
+    return {
+        key: str(_resolve(value, base)) if key in LAYOUTS and isinstance(value, str) else value
+        for key, value in subjects.items()
+    }
 
 
 def _resolve_subject_paths(entry: Any, base: Path) -> Any:

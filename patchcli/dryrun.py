@@ -20,6 +20,7 @@ from .io.hdf5 import compression_options, filter_pipeline
 from .io.space import free_bytes
 from .plan import ExtractionPlan, output_size_bound, patches_per_block, plan_extraction
 from .subject_work import SubjectTask, process_buffers, subject_messages
+from .subjects import describe_manifest
 from .transforms import describe_preprocess
 from .units import count, format_bytes
 from .workers import resolve_workers
@@ -136,6 +137,8 @@ def format_dry_run(result: DryRun, sampler: str) -> str:
     if shard is not None:
         subjects += f" (shard {shard.index} of {shard.count}, of {plan.total_subjects} in all)"
     lines.append(f"  subjects: {subjects}")
+    if plan.source is not None and plan.source.layout is not None:
+        lines.append(f"  found: {describe_manifest(plan.source)}")
     for skipped in plan.skipped:
         lines.append(f"  skipped {skipped.describe()}")
     if plan.config.preprocess:

@@ -85,6 +85,7 @@ def _attributes(plan: ExtractionPlan) -> dict:
         "config": recorded_config(plan),
         "seed": settings.seed,
         "config_fingerprint": plan.fingerprint,
+        "settings_fingerprint": plan.settings_fingerprint,
         "total_subjects": plan.total_subjects,
     }
     if plan.shard is not None:
@@ -109,6 +110,7 @@ def extract(
     progress: bool | None = False,
     plan: ExtractionPlan | None = None,
     space_check: bool = True,
+    retry_skipped: bool = False,
 ) -> ExtractionSummary:
     """Run an extraction and write its output.
 
@@ -122,7 +124,9 @@ def extract(
     resume : bool
         Continue the ``.partial`` of an earlier run of the same config from
         its complete subjects; if the output exists and was made by the same
-        run, do nothing (``ExtractionSummary.already_complete``).
+        run, do nothing (``ExtractionSummary.already_complete``). A shard whose
+        own manifest rows changed since its output (or ``.partial``) was made,
+        with the same settings, is started again and replaces it.
     progress : bool or None
         Show a progress bar on stderr; None shows it only on a terminal.
     plan : ExtractionPlan, optional
@@ -130,6 +134,10 @@ def extract(
     space_check : bool
         Refuse to start when the output's size (uncompressed, for the subjects
         still to do) exceeds the free space of its file system.
+    retry_skipped : bool
+        With ``resume``: an output (or ``.partial``) of this run that skipped subjects
+        is made again, so that repaired files come in; subjects still bad are skipped
+        again.
 
     Returns
     -------
@@ -149,6 +157,9 @@ def extract(
     path = plan.output_path
     header = {
         "fingerprint": plan.fingerprint,
+        "settings": plan.settings_fingerprint,
+        "run_fingerprint": plan.run_fingerprint,
+        "shard": None if plan.shard is None else str(plan.shard),
         "format": plan.output_format,
         "subjects": len(plan.subjects),
         "patches": plan.total_patches,
@@ -157,7 +168,13 @@ def extract(
     }
     folder = plan.output_format == "nifti"
     with PartialOutput(
-        path, header, folder=folder, overwrite=overwrite, resume=resume, kind=FORMAT_NAME
+        path,
+        header,
+        folder=folder,
+        overwrite=overwrite,
+        resume=resume,
+        kind=FORMAT_NAME,
+        retry_skipped=retry_skipped,
     ) as output:
         if output.complete or output.closed:
             if output.closed:  # complete, but stopped before its rename

@@ -1,8 +1,11 @@
 """The fingerprint of a run: a digest of everything that decides its patches.
 
 Two runs with the same fingerprint write the same patches for the same
-subject. Shards of one run share it (``merge`` checks it), and ``--resume``
-continues a ``.partial`` only if its fingerprint is the current one.
+subject, and ``--resume`` continues a ``.partial`` only if its fingerprint is
+the current one. A shard's fingerprint covers the settings and its own manifest
+rows (:func:`shard_fingerprint`): a shard stays valid while they are unchanged,
+whatever changed in other shards' rows. Shards merge when they share the
+settings' fingerprint (:func:`settings_fingerprint`).
 
 What enters it: the sampler, the sampling keys of the config (the
 ``FINGERPRINT_KEYS`` below, normalised: ``patch_size: 64`` and ``[64, 64,
@@ -23,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import Config
+from .shards import Shard
 from .subjects import SubjectSpec
 from .transforms import describe_transforms
 from .transforms.function import FunctionTransform, function_digest, is_function_reference
@@ -115,8 +119,8 @@ def _references(value: Any) -> list[str]:
     return found
 
 
-def fingerprint_payload(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> dict:
-    """What :func:`config_fingerprint` digests, as plain JSON-able data."""
+def settings_payload(config: Config, sampler: str) -> dict:
+    """What decides a subject's patches apart from the manifest, as plain JSON-able data."""
     values = {key: _value(config, key) for key in FINGERPRINT_KEYS}
     for key in ("preprocess", "augment"):
         if not values[key]:
@@ -130,11 +134,24 @@ def fingerprint_payload(config: Config, sampler: str, subjects: Sequence[Subject
         "sampler": sampler,
         "images": {name: spec.type for name, spec in config.images.items()},
         **values,
-        "manifest": [
-            [spec.index, spec.id, spec.num_samples, {k: str(p) for k, p in spec.paths.items()}]
-            for spec in subjects
-        ],
     }
+
+
+def _rows(subjects: Sequence[SubjectSpec]) -> list:
+    return [
+        [spec.index, spec.id, spec.num_samples, {k: str(p) for k, p in spec.paths.items()}]
+        for spec in subjects
+    ]
+
+
+def fingerprint_payload(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> dict:
+    """What :func:`config_fingerprint` digests, as plain JSON-able data."""
+    return {**settings_payload(config, sampler), "manifest": _rows(subjects)}
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def config_fingerprint(config: Config, sampler: str, subjects: Sequence[SubjectSpec]) -> str:
@@ -154,10 +171,61 @@ def config_fingerprint(config: Config, sampler: str, subjects: Sequence[SubjectS
     >>> config_fingerprint(one, "uniform", specs) == config_fingerprint(one, "grid", specs)
     False
     """
-    text = json.dumps(
-        fingerprint_payload(config, sampler, subjects), sort_keys=True, separators=(",", ":")
+    return _digest(fingerprint_payload(config, sampler, subjects))
+
+
+def settings_fingerprint(config: Config, sampler: str) -> str:
+    """A SHA-256 hex digest of the settings alone (no manifest): shards made with the same
+    settings merge, whatever changed in other shards' rows."""
+    return _digest(settings_payload(config, sampler))
+
+
+def shard_fingerprint(
+    config: Config, sampler: str, manifest: Sequence[SubjectSpec], shard: Shard
+) -> str:
+    """The fingerprint of one shard: the settings, the shard's own manifest rows and the
+    manifest's length (which places every shard's boundaries).
+
+    A shard stays valid while these are unchanged, whatever changed in other rows: a
+    fixed manifest row costs its own shard only.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from patchcli.config import load_config
+    >>> config = load_config(None, {"images": {"t1": "intensity"}, "patch_size": 8})
+    >>> rows = [SubjectSpec(i, f"s{i}", {"t1": Path(f"/d/s{i}.nii.gz")}) for i in range(4)]
+    >>> fixed = rows[:3] + [SubjectSpec(3, "s3", {"t1": Path("/d/s3-fixed.nii.gz")})]
+    >>> first, second = Shard(0, 2), Shard(1, 2)
+    >>> shard_fingerprint(config, "uniform", rows, first) == shard_fingerprint(
+    ...     config, "uniform", fixed, first)
+    True
+    >>> shard_fingerprint(config, "uniform", rows, second) == shard_fingerprint(
+    ...     config, "uniform", fixed, second)
+    False
+    """
+    own = manifest[shard.rows(len(manifest)).start : shard.rows(len(manifest)).stop]
+    return _digest(
+        {
+            **fingerprint_payload(config, sampler, own),
+            "total_subjects": len(manifest),
+            "shard": [shard.index, shard.count],
+        }
     )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["FINGERPRINT_KEYS", "NOT_FINGERPRINTED", "config_fingerprint", "fingerprint_payload"]
+def merge_fingerprint(settings: str, shards: Sequence[str]) -> str:
+    """The fingerprint of a merge: its settings and its shards' fingerprints, in order."""
+    return _digest({"settings": settings, "shards": list(shards)})
+
+
+__all__ = [
+    "FINGERPRINT_KEYS",
+    "NOT_FINGERPRINTED",
+    "config_fingerprint",
+    "fingerprint_payload",
+    "merge_fingerprint",
+    "settings_fingerprint",
+    "settings_payload",
+    "shard_fingerprint",
+]

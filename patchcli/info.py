@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, PatchcliError
 from .io.atomic import size_on_disk
 from .io.hdf5 import decode_strings, open_hdf5
 from .io.reader import PatchOutput, read_patch_output
+from .repair import repair_report
 
 #: Compressions whose HDF5 filter is a plugin (Blosc, from hdf5plugin).
 PLUGIN_COMPRESSIONS = ("lz4", "zstd")
@@ -57,6 +58,11 @@ def describe_output(path: str | os.PathLike, *, allow_external: bool = False) ->
         missing shards is described instead, with ``problems``.
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        status = describe_run_status(path)
+        if status is None:
+            raise DataError(f"{path}: not found, and no shards named after it beside it")
+        return {"path": str(path), "kind": None, "role": {"kind": "shards"}, "run_status": status}
     try:
         output = read_patch_output(path, allow_external=allow_external)
     except DataError as error:
@@ -68,8 +74,40 @@ def describe_output(path: str | os.PathLike, *, allow_external: bool = False) ->
             "kind": "hdf5",
             "role": {"kind": "merge", "mode": "virtual", "shards": shards},
             "problems": [str(error)],
+            "run_status": describe_run_status(path),
         }
-    return _describe(output)
+    description = _describe(output)
+    if output.merge or output.shard is not None:
+        description["run_status"] = describe_run_status(path)
+    return description
+
+
+def describe_run_status(path: Path) -> dict[str, Any] | None:
+    """The state of each shard of the run ``path`` belongs to (a merge, a shard, or the
+    name of a merged output with shards beside it), against its config and manifest now,
+    and the command that repairs it (patchcli.repair); None for an unsharded run."""
+    try:
+        report = repair_report(path)
+    except PatchcliError as error:
+        return {"problem": f"cannot check the shards against the manifest: {error}"}
+    if report is None:
+        return None
+    status = report.status
+    return {
+        "config": report.config_source,
+        "shard_count": status.count,
+        "shards": [
+            {
+                "index": shard.index,
+                "file": str(shard.path),
+                "state": shard.state,
+                "detail": shard.detail,
+            }
+            for shard in status.shards
+        ],
+        "merged": status.merged,
+        "repair": report.command,
+    }
 
 
 def _describe(output: PatchOutput) -> dict[str, Any]:

@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .config import Config
 from .errors import ConfigError, DataError
+from .fingerprint import merge_fingerprint
 from .io.atomic import atomic_output, size_on_disk
 from .io.claim import Claim
 from .io.compact import copy_chunks
@@ -52,7 +54,9 @@ from .io.nifti import CSV_NAME, subject_entry, write_metadata, write_patch_nifti
 from .io.reader import PatchOutput, read_patch_output
 from .io.writer import SkippedSubject
 from .progress import progress_bar
+from .repair import stale_shards
 from .shards import Shard, find_shards, parse_shard_name, shard_output_path
+from .subjects import config_manifest
 from .units import parse_size
 
 #: Bytes of patches decoded at once by a copying merge.
@@ -91,6 +95,17 @@ class _Shards:
         return sum(len(output.subjects) for output in self.outputs)
 
     @property
+    def fingerprint(self) -> str:
+        """The merge's fingerprint: its shards' settings and fingerprints, in order (shards
+        made before shards had fingerprints of their own share the run's, kept as it is)."""
+        first = self.outputs[0]
+        if first.settings_fingerprint is None:
+            return first.fingerprint or ""
+        return merge_fingerprint(
+            first.settings_fingerprint, [output.fingerprint or "" for output in self.outputs]
+        )
+
+    @property
     def skipped(self) -> list[SkippedSubject]:
         """Every shard's skipped subjects, in manifest order."""
         return [skipped for output in self.outputs for skipped in output.skipped]
@@ -118,6 +133,7 @@ def merge(
     compression_level: int | None = None,
     overwrite: bool = False,
     progress: bool | None = False,
+    config: Config | None = None,
 ) -> MergeSummary:
     """Merge the shards of one run into ``output``.
 
@@ -136,6 +152,10 @@ def merge(
         Replace an existing ``output``.
     progress : bool or None
         Show a progress bar on stderr; None shows it only on a terminal.
+    config : Config, optional
+        The run's current config: every shard must have been made from its current
+        manifest rows (a shard whose rows changed since is named, with the command that
+        makes it again). Without it, shards of one setting merge.
 
     Returns
     -------
@@ -159,6 +179,8 @@ def merge(
             f"{output.stem}.shard-0-of-N{output.suffix}); run the shards first, or name them"
         )
     checked = check_shards(output, paths, whole_run=copy)
+    if config is not None:
+        _check_current(output, checked, config)
     if compression is None and compression_level is not None:
         # A new level for the shards' own compression.
         compression = str(checked.outputs[0].attributes.get("compression", "none"))
@@ -192,6 +214,29 @@ def merge(
 
 
 # ------------------------------------------------------------------ checks
+def _check_current(output: Path, checked: _Shards, config: Config) -> None:
+    """Refuse shards made from other rows than ``config``'s manifest has now."""
+    manifest = config_manifest(config).subjects
+    total = checked.outputs[0].attributes.get("total_subjects")
+    stale = stale_shards(config, checked.outputs, manifest)
+    if not stale:
+        return
+    sampler = checked.outputs[0].sampler
+    names = "; ".join(f"{shard.path.name} ({why})" for shard, why in stale[:3])
+    more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+    first = stale[0][0].shard
+    rows = (
+        f"the manifest has {len(manifest)} rows, the shards {total}; "
+        if total != len(manifest)
+        else ""
+    )
+    raise DataError(
+        f"{output}: {rows}shards made from other manifest rows than the config's: {names}{more}; "
+        f"run them again (patchcli {sampler} CONFIG --shard {first} --resume, or the same "
+        "patchcli submit), then merge"
+    )
+
+
 def check_shards(output: Path, paths: Sequence[Path], whole_run: bool = False) -> _Shards:
     """Read the shards and check they form one whole run; ordered by shard index.
 
@@ -218,7 +263,13 @@ def check_shards(output: Path, paths: Sequence[Path], whole_run: bool = False) -
     kinds = {shard.kind for shard in outputs}
     if len(kinds) > 1:
         raise DataError(f"{output}: shards mix HDF5 files and NIfTI folders")
-    _check_same(outputs, lambda s: s.fingerprint, "configuration or manifest (fingerprint)")
+    # Shards of one run share its settings; each shard's fingerprint covers its own rows
+    # (shards made before that carry the whole run's, and share it).
+    _check_same(
+        outputs,
+        lambda s: s.settings_fingerprint or s.fingerprint,
+        "settings (sampler, preprocessing, seed, ...: the settings fingerprint)",
+    )
     _check_same(outputs, lambda s: s.version, "format version")
     _check_same(outputs, lambda s: s.shard.count, "shard count")
     _check_same(outputs, lambda s: s.attributes.get("total_subjects"), "number of subjects")
@@ -386,6 +437,7 @@ def _merge_hdf5(
                     merged.attrs[key] = value
         merged.attrs["merge"] = mode
         merged.attrs["shard_count"] = checked.count
+        merged.attrs["config_fingerprint"] = checked.fingerprint
         merged.attrs["config"] = _merged_config(
             first.attributes.get("config", ""), checked.dtypes, recompress
         )
@@ -441,6 +493,7 @@ def _merge_hdf5(
         table["file"] = np.array(names, dtype=STRING_DTYPE)
         table["patch_start"] = np.array(starts[:-1], np.int64)
         table["patch_count"] = np.array([s.num_patches for s in shards], np.int64)
+        table["fingerprint"] = np.array([s.fingerprint or "" for s in shards], dtype=STRING_DTYPE)
 
 
 def _relative_inside(path: Path, output: Path) -> str:
@@ -494,6 +547,7 @@ def _merge_nifti(checked: _Shards, folder: Path, progress: bool | None) -> None:
     metadata.pop("shard_index", None)
     metadata["shard_count"] = checked.count
     metadata["merge"] = "copy"
+    metadata["config_fingerprint"] = checked.fingerprint
     metadata["dtypes"] = {name: np.dtype(d).name for name, d in checked.dtypes.items()}
     metadata["channels"] = {name: int(first.channels[name]) for name in first.images}
     subjects = []

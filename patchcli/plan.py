@@ -20,13 +20,19 @@ import yaml
 
 from .config import Config
 from .errors import ConfigError, DataError
-from .fingerprint import config_fingerprint
+from .fingerprint import config_fingerprint, settings_fingerprint, shard_fingerprint
 from .io.writer import SkippedSubject
 from .sampling import count_grid_patches, grid_padding
 from .sampling.geometry import check_patch_fits
 from .shards import Shard, parse_shard, shard_output_path
 from .subject_work import SamplingSettings
-from .subjects import SubjectSpec, check_same_geometry, read_manifest, read_subject_headers
+from .subjects import (
+    Manifest,
+    SubjectSpec,
+    check_same_geometry,
+    config_manifest,
+    read_subject_headers,
+)
 from .transforms import ImageGeometry, plan_transforms
 from .transforms.augment import Augmenter, augmented_geometry
 from .units import parse_size
@@ -53,8 +59,14 @@ class ExtractionPlan:
     images: dict[str, ImagePlan]
     output_path: Path
     output_format: str
-    #: Digest of everything that decides the patches (patchcli.fingerprint).
+    #: Digest of everything that decides the patches (patchcli.fingerprint): for a shard,
+    #: the settings and its own rows only.
     fingerprint: str = ""
+    #: Digest of the settings alone: shards that share it merge.
+    settings_fingerprint: str = ""
+    #: Digest of the settings and the whole manifest (what every shard of the run recorded
+    #: before shards had fingerprints of their own).
+    run_fingerprint: str = ""
     #: Subjects in the whole manifest (``subjects`` is this shard's part of it).
     total_subjects: int = 0
     shard: Shard | None = None
@@ -62,6 +74,10 @@ class ExtractionPlan:
     skipped: list[SkippedSubject] = field(default_factory=list)
     #: Each subject's spatial shape after preprocessing (None: known only from its voxels).
     shapes: list[tuple[int, int, int] | None] = field(default_factory=list)
+    #: The whole manifest (``subjects`` is what this run or shard extracts of it).
+    manifest: list[SubjectSpec] = field(default_factory=list)
+    #: Where the manifest came from (a dataset layout resolved, and what it left out).
+    source: Manifest | None = None
 
     @property
     def total_patches(self) -> int:
@@ -143,9 +159,8 @@ def plan_extraction(
         # TorchIO's transforms made once here: a missing install or a bad argument is
         # found before any work, not by every worker.
         Augmenter(settings.augmentation, settings.image_types)
-    manifest = (
-        subjects if subjects is not None else read_manifest(config.subjects, list(config.images))
-    )
+    source = Manifest(list(subjects)) if subjects is not None else config_manifest(config)
+    manifest = source.subjects
     shard = parse_shard(config.shard)
     specs = list(manifest) if shard is None else list(manifest[_slice(shard.rows(len(manifest)))])
     if sampler != "grid" and config.num_patches is None:
@@ -153,6 +168,13 @@ def plan_extraction(
             raise ConfigError("num_patches is required (or a num_samples column)")
     skip = config.on_error == "skip"
     skipped: list[SkippedSubject] = []
+    if shard is None or shard.index == 0:
+        # Subjects a dataset layout left out have no manifest row: the whole run (or its
+        # first shard, so that a merge lists them once) lists them.
+        skipped += [
+            SkippedSubject(subject, None, f"incomplete: {reason}", "plan")
+            for subject, reason in source.incomplete
+        ]
     missing = _check_all_exist(specs, config.subjects, fail=not skip)
     readable: list[tuple[SubjectSpec, dict]] = []
     for spec in specs:
@@ -193,7 +215,7 @@ def plan_extraction(
         shapes.append(next(iter(images.values())).shape)
         for name, geometry in images.items():
             dtypes[name].append(geometry.dtype)
-    skipped.sort(key=lambda subject: subject.manifest_row)
+    skipped.sort(key=lambda subject: -1 if subject.manifest_row is None else subject.manifest_row)
     if not kept and skipped:
         raise every_subject_failed(config, skipped)
     images = {}
@@ -219,8 +241,14 @@ def plan_extraction(
         shapes=shapes,
         output_path=output_path,
         output_format=config.output.format,
-        fingerprint=config_fingerprint(config, sampler, manifest),
+        fingerprint=config_fingerprint(config, sampler, manifest)
+        if shard is None
+        else shard_fingerprint(config, sampler, manifest, shard),
+        settings_fingerprint=settings_fingerprint(config, sampler),
+        run_fingerprint=config_fingerprint(config, sampler, manifest),
         total_subjects=len(manifest),
+        manifest=list(manifest),
+        source=source,
         shard=shard,
         skipped=skipped,
     )

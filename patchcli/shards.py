@@ -243,8 +243,35 @@ def find_shards(output: Path, folder: bool = False) -> dict[Path, Shard]:
     return found
 
 
+def slurm_folder(output: Path) -> Path:
+    """Where ``patchcli submit`` keeps the scripts, the config snapshot and the logs of
+    ``output``'s jobs: ``out.h5`` -> ``out.h5.slurm``."""
+    return Path(output).with_name(Path(output).name + ".slurm")
+
+
+def merged_output_of(path: Path) -> tuple[Path, Shard] | None:
+    """The merged output a shard's output is named after, and its shard (None if ``path``
+    is not named as a shard).
+
+    Examples
+    --------
+    >>> merged, shard = merged_output_of(Path("data/out.shard-03-of-16.h5"))
+    >>> merged.as_posix(), str(shard)
+    ('data/out.h5', '3/16')
+    """
+    match = SHARD_NAME.match(Path(path).name)
+    if match is None:
+        return None
+    shard = Shard(int(match["index"]), int(match["count"]))
+    output = Path(path).with_name(match["stem"] + match["suffix"])
+    folder = not match["suffix"]
+    return (output, shard) if parse_shard_name(path, output, folder) == shard else None
+
+
 __all__ = [
     "SHARD_COUNT_VARIABLE",
+    "merged_output_of",
+    "slurm_folder",
     "Shard",
     "find_shards",
     "parse_shard",

@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .memory import ImageInfo, MemoryEstimate, estimate_memory, estimate_memory_for_budget
 from .queue import QueueTrace, TimingEstimate, estimate_timing, simulate_queue
 from .sampling.grid import grid_padding
-from .subjects import SubjectSpec, read_manifest, read_subject_headers
+from .subjects import SubjectSpec, config_manifest, read_subject_headers
 from .transforms import ImageGeometry
 from .transforms.augment import augmented_geometry
 
@@ -27,7 +27,7 @@ def read_subjects_manifest(config: Config) -> list[SubjectSpec] | None:
     """
     if config.subjects is None:
         return None
-    return read_manifest(config.subjects, list(config.images))
+    return config_manifest(config).subjects
 
 
 def samples_per_subject(config: Config, specs: list[SubjectSpec] | None = None) -> list[int]:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import MAX_PATCHES
+from .config import MAX_PATCHES, Config
 from .errors import ConfigError, DataError
 from .io.volumes import Header, read_header, read_volume
+from .layouts import ResolvedLayout, layout_source, resolve_layout
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,86 @@ def _parse_num_samples(value: Any, where: str) -> int | None:
     if number > MAX_PATCHES:
         raise DataError(f"{where}: num_samples must be at most {MAX_PATCHES}, not {number}")
     return number
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A run's subjects as its config gives them: ``subjects`` in manifest order, and for a
+    dataset in a standard layout, the layout resolved and the subjects it left out."""
+
+    subjects: list[SubjectSpec]
+    #: ``(subject id, reason)`` of each subject a layout left out for a missing file.
+    incomplete: list[tuple[str, str]] = field(default_factory=list)
+    layout: ResolvedLayout | None = None
+
+
+def config_manifest(config: Config, fail_incomplete: bool | None = None) -> Manifest:
+    """The subjects of ``config``: its CSV manifest or inline list, or its dataset
+    (``subjects: {bids: DIR}``, ``{nnunet: DIR}``, ``{decathlon: DIR}``) resolved to the
+    same ordered manifest on every machine (sorted by subject id).
+
+    A layout's subject missing a file fails the run, or with ``fail_incomplete`` False
+    (default: ``on_error: skip``) is left out and listed in ``incomplete``.
+
+    Raises
+    ------
+    DataError, ConfigError
+        Naming the file (manifest, dataset description) and the problem.
+    """
+    subjects = config.subjects
+    if not isinstance(subjects, Mapping):
+        return Manifest(read_manifest(subjects, list(config.images)))
+    fail = config.on_error != "skip" if fail_incomplete is None else fail_incomplete
+    kind, root, options = layout_source(subjects)
+    images = {
+        name: {"type": spec.type, **({"bids": spec.bids} if spec.bids else {})}
+        for name, spec in config.images.items()
+    }
+    resolved = resolve_layout(kind, root, images=images, fail_incomplete=fail, **options)
+    specs = read_manifest(resolved.manifest(), list(config.images))
+    return Manifest(specs, list(resolved.incomplete), resolved)
+
+
+def describe_manifest(manifest: Manifest) -> str:
+    """Where a run's subjects come from, on one line: ``bids dataset /data/ds: 12
+    subjects; files: t1 12, seg 11; 1 incomplete: 'sub-05' (...)``."""
+    subjects = manifest.subjects
+    text = f"{len(subjects)} subject{'s' if len(subjects) != 1 else ''}"
+    layout = manifest.layout
+    if layout is None:
+        return text
+    files = ", ".join(f"{name} {number}" for name, number in layout.counts().items())
+    text = f"{layout.layout} dataset {layout.root}: {text}; files: {files}"
+    if manifest.incomplete:
+        subject, reason = manifest.incomplete[0]
+        more = f" and {len(manifest.incomplete) - 1} more" if len(manifest.incomplete) > 1 else ""
+        text += f"; {len(manifest.incomplete)} incomplete: {subject!r} ({reason}){more}"
+    return text
+
+
+def write_manifest(specs: Sequence[SubjectSpec], image_names: Sequence[str], path: Path) -> None:
+    """Write subjects as a CSV manifest (``subject``, one absolute path per image, and
+    ``num_samples`` where any subject has one), to a temporary name renamed when complete:
+    a run reading it finds the same subjects, rows and fingerprint."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    with_samples = any(spec.num_samples for spec in specs)
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            write_manifest_rows(specs, image_names, stream, with_samples)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write the manifest ({error.strerror})") from None
+    temporary.replace(path)
+
+
+def write_manifest_rows(specs, image_names, stream, with_samples: bool = False) -> None:
+    """The CSV rows of :func:`write_manifest`, to an open text stream."""
+    writer = csv.writer(stream)
+    writer.writerow(["subject", *image_names, *(["num_samples"] if with_samples else [])])
+    for spec in specs:
+        samples = [spec.num_samples or ""] if with_samples else []
+        writer.writerow([spec.id, *(str(spec.paths[name]) for name in image_names), *samples])
 
 
 def read_manifest(

@@ -68,8 +68,12 @@ def write_config(path: Path, **keys) -> Path:
     return path
 
 
-#: What a merge adds to the content of an unsharded run: its bookkeeping.
-MERGE_RECORDS = {"attributes": ("merge", "shard_count"), "groups": ("shards",)}
+#: What a merge adds to the content of an unsharded run: its bookkeeping, its shards, and
+#: its fingerprint (made of theirs).
+MERGE_RECORDS = {
+    "attributes": ("merge", "shard_count", "config_fingerprint"),
+    "groups": ("shards",),
+}
 
 
 def assert_same_hdf5(

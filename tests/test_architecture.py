@@ -26,6 +26,7 @@ STAGES: dict[str, int] = {
     "patchcli.signals": 0,
     "patchcli.workers": 0,
     "patchcli.shards": 0,
+    "patchcli.names": 0,
     "patchcli.sampling": 0,
     # 1. the hand-over between the subject's work and the writers
     "patchcli.handover": 1,
@@ -37,6 +38,7 @@ STAGES: dict[str, int] = {
     "patchcli.config": 3,
     "patchcli.subjects": 3,
     "patchcli.fingerprint": 3,
+    "patchcli.layouts": 3,
     # 4. the subject's work (what a worker runs)
     "patchcli.subject_work": 4,
     # 5. the pipeline of workers, and planning
@@ -49,6 +51,7 @@ STAGES: dict[str, int] = {
     "patchcli.merge": 7,
     "patchcli.info": 7,
     "patchcli.cluster": 7,
+    "patchcli.repair": 7,
     "patchcli.preview": 7,
     "patchcli.aggregate": 7,
     "patchcli.memory": 7,
@@ -61,6 +64,7 @@ STAGES: dict[str, int] = {
     "patchcli.dataloader": 7,
     "patchcli.patch_tables": 7,
     "patchcli.augment": 7,
+    "patchcli.torchio_input": 7,
     # 8. the command line
     "patchcli.cli": 8,
     # 9. the package's entry points

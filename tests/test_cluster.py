@@ -19,6 +19,7 @@ from patchcli.cli import main
 from patchcli.config import load_config
 from patchcli.errors import ConfigError, DataError
 from patchcli.extract import extract
+from patchcli.io.reader import read_patch_output
 
 from .helpers import assert_same_output, make_subjects, write_config
 
@@ -113,10 +114,10 @@ def test_complete_shards_are_not_planned_again(tmp_path):
         extract(load_config(config, {"shard": f"{index}/3"}), "weighted")
     plan = cluster.plan_submission("weighted", config, 3)
     assert plan.todo == [1] and "#SBATCH --array=1\n" in plan.scripts["array.sbatch"]
-    # A shard of another run (another seed) in the way is refused, named.
+    # A shard of other settings (another seed) in the way is refused, named.
     other = load_config(config, {"shard": "1/3", "seed": 99})
     extract(other, "weighted")
-    with pytest.raises(DataError, match=r"another run .*patches\.shard-1-of-3\.h5"):
+    with pytest.raises(DataError, match=r"other settings .*patches\.shard-1-of-3\.h5"):
         cluster.plan_submission("weighted", config, 3)
 
 
@@ -269,3 +270,53 @@ def test_a_skipped_subject_still_counts_when_splitting_into_shards(tmp_path):
     (tmp_path / "data" / "s2_t1.nii.gz").unlink()
     plan = cluster.plan_submission("weighted", config, 5, overrides={"on_error": "skip"})
     assert plan.shards == 5
+
+
+def _repoint(folder: Path, subject: str) -> None:
+    """Point a subject's t1 at a re-exported copy of its file (the usual manifest fix)."""
+    manifest = folder / "data" / "subjects.csv"
+    text = manifest.read_text()
+    copy = folder / "data" / f"{subject}_t1_reexported.nii.gz"
+    copy.write_bytes((folder / "data" / f"{subject}_t1.nii.gz").read_bytes())
+    manifest.write_text(text.replace(f"{subject}_t1.nii.gz", copy.name))
+
+
+@pytest.mark.slurm
+def test_a_fixed_manifest_row_reruns_only_its_shard(tmp_path, slurm):
+    config = _setup(tmp_path)
+    first = _submit("weighted", config, "--shards", 3, "--wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = tmp_path / "out"
+    shard_files = {index: out / f"patches.shard-{index}-of-3.h5" for index in range(3)}
+    made = {index: path.stat().st_mtime_ns for index, path in shard_files.items()}
+    _repoint(tmp_path, "s4")  # row 4: the last shard's
+    fixed = _submit("weighted", config, "--shards", 3, "--wait")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "shard 2 runs again: stale, manifest row 4 changed" in fixed.stdout
+    jobs = json.loads((out / "patches.h5.slurm" / "jobs.json").read_text())
+    assert jobs["shards"] == [2]
+    assert all(shard_files[i].stat().st_mtime_ns == made[i] for i in (0, 1))
+    assert_same_output(out / "patches.h5", _reference(config, tmp_path), merged=True)
+
+
+@pytest.mark.slurm
+def test_retry_skipped_brings_a_repaired_subject_back_on_slurm(tmp_path, slurm):
+    config = _setup(tmp_path)
+    text = config.read_text()
+    config.write_text(text + "on_error: skip\n")
+    volume = tmp_path / "data" / "s1_t1.nii.gz"  # row 1: shard 1 of 3 (rows 1-2)
+    good = volume.read_bytes()
+    volume.write_bytes(good[: len(good) // 2])
+    skipped = _submit("weighted", config, "--shards", 3, "--wait")
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+    out = tmp_path / "out"
+    assert [s.id for s in read_patch_output(out / "patches.h5").skipped] == ["s1"]
+    volume.write_bytes(good)
+    again = _submit("weighted", config, "--shards", 3)
+    assert "already complete; nothing to submit" in again.stdout  # skips stay unless retried
+    retried = _submit("weighted", config, "--shards", 3, "--retry-skipped", "--wait")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    jobs = json.loads((out / "patches.h5.slurm" / "jobs.json").read_text())
+    assert jobs["shards"] == [1]
+    assert not read_patch_output(out / "patches.h5").skipped
+    assert_same_output(out / "patches.h5", _reference(config, tmp_path), merged=True)

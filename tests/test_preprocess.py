@@ -421,7 +421,7 @@ def test_shards_made_with_different_preprocess_are_not_merged(tmp_path, lps):
     for index, preprocess in enumerate((PREPROCESS, other)):
         config = _config(tmp_path, lps, "mixed.h5", preprocess=preprocess, shard=f"{index}/2")
         extract(config, "uniform")
-    with pytest.raises(DataError, match=r"differs from .* in configuration or manifest"):
+    with pytest.raises(DataError, match=r"differs from .* in settings \(sampler, preprocessing"):
         merge(tmp_path / "mixed.h5")
     assert not (tmp_path / "mixed.h5").exists()
 

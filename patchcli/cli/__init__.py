@@ -31,7 +31,18 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import aggregate, extract, info, memory, merge, phantom, preview, queue_sim, submit
+    from . import (
+        aggregate,
+        extract,
+        info,
+        memory,
+        merge,
+        phantom,
+        preview,
+        queue_sim,
+        subjects,
+        submit,
+    )
 
     for command in (
         *extract.COMMANDS,
@@ -39,6 +50,7 @@ def _register() -> None:
         info.info,
         preview.preview,
         submit.submit,
+        subjects.subjects,
         aggregate.aggregate,
         queue_sim.queue_sim,
         memory.memory,

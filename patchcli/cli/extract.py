@@ -163,6 +163,7 @@ def _make_command(sampler: str) -> click.Command:
         config: str,
         overwrite: bool,
         resume: bool,
+        retry_skipped: bool,
         quiet: bool,
         space_check: bool,
         dry_run: bool,
@@ -171,8 +172,9 @@ def _make_command(sampler: str) -> click.Command:
         from ..config import load_config
         from ..extract import extract
 
-        if overwrite and resume:
-            raise click.UsageError("--overwrite and --resume exclude each other")
+        if overwrite and (resume or retry_skipped):
+            flag = "--resume" if resume else "--retry-skipped"
+            raise click.UsageError(f"--overwrite and {flag} exclude each other")
         loaded = load_config(config, config_overrides(options, values))
         if dry_run:
             from ..dryrun import dry_run as plan_only
@@ -184,9 +186,10 @@ def _make_command(sampler: str) -> click.Command:
             loaded,
             sampler,
             overwrite=overwrite,
-            resume=resume,
+            resume=resume or retry_skipped,
             progress=show_progress(quiet),
             space_check=space_check,
+            retry_skipped=retry_skipped,
         )
         click.echo(f"{sampler}: {summary_text(result)}")
 
@@ -207,9 +210,16 @@ def _make_command(sampler: str) -> click.Command:
         help="Start even when the output's size (uncompressed) exceeds the free space.",
     )(command)
     command = click.option(
+        "--retry-skipped",
+        is_flag=True,
+        help="As --resume, but make an output (or .partial) that skipped subjects again, "
+        "so that repaired files come in.",
+    )(command)
+    command = click.option(
         "--resume",
         is_flag=True,
-        help="Continue the .partial of a stopped run; do nothing if the output is complete.",
+        help="Continue the .partial of a stopped run; do nothing if the output is complete; "
+        "run a shard again whose manifest rows changed.",
     )(command)
     command = click.option("--overwrite", is_flag=True, help="Replace an existing output.")(command)
     command = click.argument("config", type=click.Path(dir_okay=False))(command)

@@ -25,7 +25,10 @@ def info(output, as_json, show_config, allow_external):
 
     The run that made it, its images, its subjects and patch counts, its size on
     disk and compression ratio, and for a virtual merge whether every shard is
-    there (exit 1 when one is missing).
+    there (exit 1 when one is missing). For a shard or a merge (or OUTPUT's name
+    with its shards beside it), each shard's state against the run's config and
+    manifest now (current, stale, skipped, unfinished, missing), and the one
+    command that repairs the run.
 
     \b
     Example:
@@ -41,6 +44,34 @@ def info(output, as_json, show_config, allow_external):
         click.echo(format_description(description, show_config))
     if description.get("problems"):
         raise SystemExit(1)
+    status = description.get("run_status") or {}
+    if description["role"]["kind"] == "shards" and status.get("repair"):
+        raise SystemExit(1)  # the run is not complete
+
+
+def format_run_status(status: dict | None) -> list[str]:
+    """Lines on the state of a sharded run's shards (``describe_run_status``)."""
+    from ..units import count
+
+    if not status:
+        return []
+    if "problem" in status:
+        return [f"  shards: {status['problem']}"]
+    states: dict[str, int] = {}
+    for shard in status["shards"]:
+        states[shard["state"]] = states.get(shard["state"], 0) + 1
+    summary = ", ".join(f"{number} {state}" for state, number in states.items())
+    lines = [
+        f"  shards now ({count(status['shard_count'], 'shard')}, against {status['config']}): "
+        f"{summary}; merge {status['merged']}"
+    ]
+    for shard in status["shards"]:
+        if shard["state"] != "current":
+            detail = f": {shard['detail']}" if shard["detail"] else ""
+            name = shard["file"].rsplit("/", 1)[-1]
+            lines.append(f"    shard {shard['index']} ({name}): {shard['state']}{detail}")
+    lines.append(f"  repair: {status['repair']}" if status["repair"] else "  up to date")
+    return lines
 
 
 def format_description(description: dict, show_config: bool = False) -> str:
@@ -50,6 +81,8 @@ def format_description(description: dict, show_config: bool = False) -> str:
 
     lines = [description["path"]]
     role = description["role"]
+    if role["kind"] == "shards":  # a merged output's name, not there yet: its shards
+        return "\n".join(lines + format_run_status(description["run_status"]))
     if description.get("problems"):
         shards = role["shards"]
         present = sum(shard["present"] for shard in shards)
@@ -59,7 +92,7 @@ def format_description(description: dict, show_config: bool = False) -> str:
             for shard in shards
         ]
         lines += [f"  problem: {problem}" for problem in description["problems"]]
-        return "\n".join(lines)
+        return "\n".join(lines + format_run_status(description.get("run_status")))
     kind = {"hdf5": "HDF5 file", "nifti": "NIfTI folder"}[description["kind"]]
     if role["kind"] == "shard":
         made = f"shard {role['index']} of {role['count']} (0-based)"
@@ -124,6 +157,7 @@ def format_description(description: dict, show_config: bool = False) -> str:
         if len(skipped) > SHOWN_SKIPPED:
             lines.append(f"    ... {len(skipped) - SHOWN_SKIPPED} more (--json lists them all)")
     lines += [f"  note: {note}" for note in description["notes"]]
+    lines += format_run_status(description.get("run_status"))
     if show_config and description.get("config"):
         lines.append("  config:")
         lines += [f"    {line}" for line in str(description["config"]).splitlines()]

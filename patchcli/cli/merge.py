@@ -22,14 +22,21 @@ from .common import run_command, show_progress
 )
 @click.option("--compression-level", type=click.IntRange(0, 9), help="With --compression.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing merged output.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="The run's config: refuse shards made from other manifest rows than its manifest's.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @run_command
-def merge(output, shards, copy, compression, compression_level, overwrite, quiet):
+def merge(output, shards, copy, compression, compression_level, overwrite, config_path, quiet):
     """Merge the shards of a run (out.shard-I-of-N.h5, ...) into OUTPUT.
 
     With no SHARDS named, the shards are OUTPUT's siblings named after it. They
-    must come from one run and hold every subject of its manifest exactly once;
-    otherwise nothing is written.
+    must share one run's settings and hold every subject of its manifest exactly
+    once; with --config, each must also have been made from its current rows of
+    the config's manifest. Otherwise nothing is written.
 
     \b
     Example:
@@ -37,9 +44,11 @@ def merge(output, shards, copy, compression, compression_level, overwrite, quiet
       patchcli uniform configs/uniform.yaml --shard 1/2
       patchcli merge demo/out/uniform.h5
     """
+    from ..config import load_config
     from ..merge import merge as merge_shards
     from ..units import count, format_bytes
 
+    config = None if config_path is None else load_config(config_path, {"shard": None})
     result = merge_shards(
         output,
         shards or None,
@@ -48,6 +57,7 @@ def merge(output, shards, copy, compression, compression_level, overwrite, quiet
         compression_level=compression_level,
         overwrite=overwrite,
         progress=show_progress(quiet),
+        config=config,
     )
     how = {"virtual": "virtual datasets over the shards", "copy": "copied", "nifti": "one folder"}
     skipped = f"; {count(result.skipped, 'subject')} skipped" if result.skipped else ""

@@ -32,6 +32,12 @@ from .common import run_command
     metavar="OPTION",
     help="Any other #SBATCH option, verbatim (repeatable), e.g. --sbatch-option=--qos=long.",
 )
+@click.option(
+    "--retry-skipped",
+    is_flag=True,
+    help="Also run again the shards that skipped subjects (on_error: skip), so that "
+    "repaired files come in.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the scripts; write and submit nothing.")
 @click.option("--wait", is_flag=True, help="Block until the merge; exit 1 if a task failed.")
 @run_command
@@ -46,6 +52,7 @@ def submit(
     account,
     max_parallel,
     sbatch_options,
+    retry_skipped,
     dry_run,
     wait,
 ):
@@ -55,7 +62,8 @@ def submit(
     scripts into <output>.slurm/ (their logs go there too), submits an array
     of --shards tasks, each running one shard with --resume, and a merge job
     that runs once they all succeeded. Submitting again runs only the shards
-    still missing, plus the merge.
+    missing, failed, or stale (their own manifest rows changed: fix a subject's row,
+    submit again, and only its shard runs), plus the merge.
 
     \b
     Example:
@@ -73,11 +81,14 @@ def submit(
         max_parallel=max_parallel,
         sbatch_options=tuple(sbatch_options),
     )
-    plan = cluster.plan_submission(command, config, shards, options)
+    plan = cluster.plan_submission(command, config, shards, options, retry_skipped=retry_skipped)
     if not plan.todo and not plan.merge:
         click.echo(f"submit: {plan.output} is already complete; nothing to submit")
         return
     done = plan.shards - len(plan.todo)
+    for shard in plan.status.shards if plan.status else ():
+        if shard.index in plan.todo and shard.state in ("stale", "skipped"):
+            click.echo(f"  shard {shard.index} runs again: {shard.state}, {shard.detail}")
     if dry_run:
         for name, text in plan.scripts.items():
             if text:

@@ -25,6 +25,7 @@ RUN_ATTRIBUTES = (
     "padding_mode",
     "padding",
     "config_fingerprint",
+    "settings_fingerprint",
     "total_subjects",
     "shard_index",
     "shard_count",

@@ -33,6 +33,8 @@ class Part:
     path: Path
     start: int
     count: int
+    #: The fingerprint the part had when merged (None: the merge's own, in older merges).
+    fingerprint: str | None = None
 
 
 @dataclass
@@ -107,6 +109,11 @@ class PatchOutput:
     @property
     def fingerprint(self) -> str | None:
         return self.attributes.get("config_fingerprint")
+
+    @property
+    def settings_fingerprint(self) -> str | None:
+        """The digest of the run's settings alone (None in outputs made before it)."""
+        return self.attributes.get("settings_fingerprint")
 
     @property
     def shard(self) -> Shard | None:
@@ -220,7 +227,7 @@ class PatchOutput:
                 )
             if part.path != self.path:  # a merge's shard: still the one it was made from?
                 found = handles.attribute(part.path, "config_fingerprint")
-                if found != self.fingerprint:
+                if found != (part.fingerprint or self.fingerprint):
                     raise DataError(
                         f"{part.path}: is not the shard {self.path} was merged from (another "
                         "run's fingerprint); it was replaced after the merge"

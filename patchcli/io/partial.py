@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, PatchcliWarning
+from ..units import count
 from .atomic import check_output_free, partial_path
 from .claim import Claim
 from .compact import compacting_path
@@ -59,6 +60,13 @@ class PartialOutput:
         existing output made by the same run (same fingerprint) is complete.
     kind : str, optional
         The format a folder's marker must name for ``overwrite`` to replace it.
+    retry_skipped : bool
+        With ``resume``: an output or ``.partial`` of this run that skipped subjects is
+        made again (and replaces the output when complete).
+
+    With ``resume``, an output or ``.partial`` of a shard (the header's ``shard``)
+    made with the same settings (``settings``) but other manifest rows (another
+    ``fingerprint``) is stale: the run starts again and replaces it.
 
     Attributes
     ----------
@@ -85,8 +93,12 @@ class PartialOutput:
         overwrite: bool = False,
         resume: bool = False,
         kind: str | None = None,
+        retry_skipped: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.retry_skipped = retry_skipped
+        #: The existing output is replaced at commit (stale, or retrying skipped subjects).
+        self.replacing = False
         self.header = dict(header)
         self.folder = folder
         self.overwrite = overwrite
@@ -113,9 +125,13 @@ class PartialOutput:
 
     def _start(self) -> None:
         if self.resume and self._is_this_run(self.path):
-            self.complete = True
-            return
-        check_output_free(self.path, self.overwrite, self.folder, self.kind)
+            if not (self.retry_skipped and self.found.skipped):
+                self.complete = True
+                return
+            self._replace(f"retrying {count(len(self.found.skipped), 'skipped subject')}")
+        elif self.resume and self._is_stale(self.path):
+            self._replace("its manifest rows changed since it was made")
+        check_output_free(self.path, self.overwrite or self.replacing, self.folder, self.kind)
         leftover = self.temporary.exists() or self.temporary.is_symlink()
         if leftover and self.resume:
             self.resumed = self._resumable()
@@ -132,6 +148,33 @@ class PartialOutput:
             )
         self.start_fresh()
 
+    def _replace(self, why: str) -> None:
+        self.replacing = True
+        self.found = None
+        warnings.warn(
+            f"{self.path}: made again, replacing the output when complete: {why}",
+            PatchcliWarning,
+            stacklevel=4,
+        )
+
+    def _is_stale(self, path: Path) -> bool:
+        """Whether ``path`` is an output of this run's settings and shard whose rows were
+        others (a manifest row fixed since)."""
+        if not path.exists():
+            return False
+        try:
+            output = read_patch_output(path)
+        except DataError:
+            return False
+        shard = None if output.shard is None else str(output.shard)
+        return (
+            self.header.get("shard") is not None  # a whole run is never replaced unasked
+            and output.settings_fingerprint is not None
+            and output.settings_fingerprint == self.header.get("settings")
+            and shard == self.header.get("shard")
+            and output.fingerprint != self.header.get("fingerprint")
+        )
+
     def _is_this_run(self, path: Path) -> bool:
         """Whether ``path`` is a complete output of this run."""
         if not path.exists():
@@ -141,13 +184,17 @@ class PartialOutput:
         except DataError:
             return False
         header = self.header
+        # Shards made before shards had fingerprints of their own carry the whole run's.
+        fingerprints = [header.get("fingerprint")]
+        if output.settings_fingerprint is None and header.get("run_fingerprint"):
+            fingerprints.append(header["run_fingerprint"])
         # Subjects skipped before the run are in the header's "skipped"; those skipped
         # during it are among its "subjects", and their rows among its "patches".
         before = [s.manifest_row for s in output.skipped if s.stage == "plan"]
         planned = int(header.get("subjects", 0)) + len(header.get("skipped") or ())
         patches = int(header.get("patches", 0))
         if (
-            output.fingerprint == header.get("fingerprint")
+            output.fingerprint in fingerprints
             and (not output.skipped or header.get("on_error") == "skip")
             and before == list(header.get("skipped") or ())
             and len(output.subjects) + len(output.skipped) == planned
@@ -178,7 +225,16 @@ class PartialOutput:
         except DataError as error:
             self._warn_restart(str(error))
             return []
+        same_shard = header.get("shard") == self.header.get("shard")
         if header.get("fingerprint") != self.header.get("fingerprint"):
+            if (
+                same_shard
+                and self.header.get("shard") is not None
+                and header.get("settings")
+                and header.get("settings") == self.header.get("settings")
+            ):
+                self._warn_restart("its manifest rows changed since it was begun")
+                return []
             raise DataError(
                 f"{self.temporary}: written by a run with another configuration or manifest "
                 "(its fingerprint differs); start again with --overwrite"
@@ -194,6 +250,9 @@ class PartialOutput:
                     f"{self.temporary}: its run had {what} {theirs!r}, this one {ours!r} (did "
                     "the inputs change?); start again with --overwrite"
                 )
+        if self.retry_skipped and any("skipped" in record for record in records):
+            self._warn_restart("it skipped subjects, which are retried")
+            return []
         return records
 
     def _warn_restart(self, reason: str) -> None:
@@ -238,7 +297,7 @@ class PartialOutput:
 
     def commit(self) -> None:
         """Rename the complete ``.partial`` to the final name."""
-        check_output_free(self.path, self.overwrite, self.folder, self.kind)
+        check_output_free(self.path, self.overwrite or self.replacing, self.folder, self.kind)
         if self.folder and self.path.exists():
             _remove(self.path)
         self.temporary.replace(self.path)

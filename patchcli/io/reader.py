@@ -213,11 +213,17 @@ def _merge_parts(file, path: Path, rows: int, allow_external: bool) -> list[Part
     names = decode_strings(group["file"][()])
     starts = np.asarray(group["patch_start"][()], dtype=np.int64).reshape(-1)
     counts = np.asarray(group["patch_count"][()], dtype=np.int64).reshape(-1)
-    if not len(names) == len(starts) == len(counts):
+    # Merges of shards with fingerprints of their own record each (older ones share one).
+    fingerprints = (
+        decode_strings(group["fingerprint"][()]) if "fingerprint" in group else [None] * len(names)
+    )
+    if not len(names) == len(starts) == len(counts) == len(fingerprints):
         raise DataError(f"{path}: /shards tables differ in length")
     parts, missing = [], []
     expected_start = 0
-    for name, start, count in zip(names, starts.tolist(), counts.tolist(), strict=True):
+    for name, start, count, fingerprint in zip(
+        names, starts.tolist(), counts.tolist(), fingerprints, strict=True
+    ):
         if not allow_external and not _inside(name, path.parent):
             raise DataError(f"{path}: merged from {name}, outside the file's folder ({_ALLOW})")
         if start != expected_start:
@@ -226,7 +232,7 @@ def _merge_parts(file, path: Path, rows: int, allow_external: bool) -> list[Part
         source = path.parent / name
         if not source.is_file():
             missing.append(name)
-        parts.append(Part(source, start, count))
+        parts.append(Part(source, start, count, fingerprint))
     if missing:
         shown = ", ".join(missing[:3]) + (
             f" and {len(missing) - 3} more" if len(missing) > 3 else ""

@@ -63,13 +63,18 @@ def _did_you_mean(word: str, choices) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _parameters(cls: type[Transform]) -> list[str]:
+def transform_parameters(cls: type) -> list[str]:
+    """The argument names a transform class takes (its own and its bases' through
+    ``**kwargs``), in order."""
     names = []
     for klass in cls.__mro__:
         if klass is object:
             continue
         for name, parameter in inspect.signature(klass.__init__).parameters.items():
-            if name != "self" and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+            if name != "self" and parameter.kind in (
+                parameter.POSITIONAL_OR_KEYWORD,
+                parameter.KEYWORD_ONLY,
+            ):
                 if name not in names:
                     names.append(name)
         if "kwargs" not in inspect.signature(klass.__init__).parameters:
@@ -105,7 +110,7 @@ def parse_transform(entry: Any, image_types: Mapping[str, str], where: str) -> T
             f"(transforms: {', '.join(TRANSFORMS)}, or module:function for custom code)"
         )
     cls = TRANSFORMS[name]
-    parameters = _parameters(cls)
+    parameters = transform_parameters(cls)
     if arguments is None:
         arguments = {}
     elif not isinstance(arguments, Mapping):
@@ -202,4 +207,5 @@ __all__ = [
     "parse_transform",
     "parse_transforms",
     "plan_transforms",
+    "transform_parameters",
 ]
