@@ -27,6 +27,7 @@ demo: install
 	$(BIN)/patchcli label configs/preprocess.yaml --dry-run
 	$(BIN)/patchcli label configs/preprocess.yaml --overwrite
 	$(BIN)/patchcli label configs/augment.yaml --overwrite
+	$(BIN)/patchcli volumes configs/volumes.yaml --overwrite
 	$(BIN)/patchcli grid configs/grid.yaml --format nifti --output demo/out/grid_nifti --overwrite
 	rm -rf demo/out/cluster
 	$(BIN)/patchcli submit label configs/cluster.yaml --shards 2 --time 00:30:00 --dry-run
@@ -51,6 +52,7 @@ bench: install
 	$(BIN)/python bench/bench_preprocess.py --out-json bench/results/preprocess.json
 	$(BIN)/pip install --quiet pybids    # the side-by-side of bench_layouts only
 	$(BIN)/python bench/bench_layouts.py --out-json bench/results/layouts.json
+	$(BIN)/python bench/bench_volumes.py --out-json bench/results/volumes.json
 
 lint: install
 	$(BIN)/ruff check patchcli tests bench

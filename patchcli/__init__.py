@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-__all__ = ["__version__", "PatchDataset", "GridAggregator", "extract_torchio"]
+__all__ = ["__version__", "PatchDataset", "GridAggregator", "VolumeDataset", "extract_torchio"]
 
 
 def __getattr__(name: str):
@@ -13,6 +13,10 @@ def __getattr__(name: str):
         from .dataset import PatchDataset
 
         return PatchDataset
+    if name == "VolumeDataset":
+        from .volume_dataset import VolumeDataset
+
+        return VolumeDataset
     if name == "extract_torchio":
         from .torchio_input import extract_torchio
 

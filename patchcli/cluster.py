@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .errors import ConfigError, DataError, PatchcliError
-from .plan import SAMPLERS, plan_extraction
+from .plan import RUNS, plan_extraction
 from .repair import RunStatus, run_status
 from .shards import SHARD_COUNT_VARIABLE, Shard, shard_output_path, slurm_folder
 
@@ -177,8 +177,8 @@ def plan_submission(
     ConfigError, DataError
         What the run itself would raise, before anything is submitted.
     """
-    if command not in SAMPLERS:
-        raise ConfigError(f"unknown command {command!r}; use one of {', '.join(SAMPLERS)}")
+    if command not in RUNS:
+        raise ConfigError(f"unknown command {command!r}; use one of {', '.join(RUNS)}")
     if shards < 1:
         raise ConfigError(f"--shards must be at least 1, not {shards}")
     options = options or SlurmOptions()

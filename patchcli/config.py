@@ -92,6 +92,15 @@ class OutputSpec(_Strict):
     compression: Compression = DEFAULT_COMPRESSION
     compression_level: int | None = Field(default=None, ge=0, le=9)
     dtype: str | None = None
+    #: A volume store's chunk: N or [X, Y, Z] voxels (default 32, patchcli.io.store).
+    chunks: int | tuple[int, int, int] | None = None
+
+    @field_validator("chunks")
+    @classmethod
+    def _chunks(cls, value: Any) -> Any:
+        if value is not None:
+            _as_value_error(to_triplet, value, "output.chunks")
+        return value
 
     @model_validator(mode="after")
     def _level_needs_compression(self) -> OutputSpec:

@@ -162,7 +162,18 @@ def format_dry_run(result: DryRun, sampler: str) -> str:
             f"{describe_preprocess([step.describe() for step in augmentation.steps])}"
         )
     counts = list(plan.counts) or [0]
-    lines.append(f"  patches: {plan.total_patches} ({min(counts)} to {max(counts)} a subject)")
+    store = plan.settings.sampler == "volumes"
+    if store:
+        sizes = (
+            ""
+            if not any(plan.settings.patch_size)
+            else (
+                ", weighted tables for patches of " + "x".join(map(str, plan.settings.patch_size))
+            )
+        )
+        lines.append(f"  volumes: each subject's {count(len(plan.images), 'image')}{sizes}")
+    else:
+        lines.append(f"  patches: {plan.total_patches} ({min(counts)} to {max(counts)} a subject)")
     lines.append(f"  output: {plan.output_path} ({plan.output_format})")
     size = f"  size: up to {format_bytes(result.bytes_uncompressed)} uncompressed"
     if result.bytes_estimated is not None:
@@ -176,7 +187,8 @@ def format_dry_run(result: DryRun, sampler: str) -> str:
         lines.append(f"  free space there: {format_bytes(result.free_bytes)} ({fits})")
     if result.estimated_seconds is not None:
         lines.append(
-            f"  time: about {_duration(result.estimated_seconds)} to load, sample and crop with "
+            f"  time: about {_duration(result.estimated_seconds)} to load, "
+            f"{'preprocess and compress' if store else 'sample and crop'} with "
             f"{count(max(1, result.workers), 'worker')}, plus writing (subject "
             f"{result.sampled_subject!r} took {result.sampled_seconds:.2f} s in one process)"
         )

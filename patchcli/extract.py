@@ -36,6 +36,7 @@ from .io.nifti import NiftiPatchWriter
 from .io.output import PatchOutput
 from .io.partial import PartialOutput
 from .io.space import free_bytes
+from .io.store import DEFAULT_CHUNK_SHAPE, VolumeStoreWriter
 from .io.writer import (
     PartialUnusable,
     SkippedSubject,
@@ -54,6 +55,7 @@ from .plan import (
     recorded_config,
 )
 from .progress import progress_bar
+from .sampling.geometry import to_triplet
 from .signals import DeferredSignals
 from .subject_work import SubjectTask, prepare_subject, subject_locations
 from .subjects import SubjectSpec
@@ -98,6 +100,9 @@ def _attributes(plan: ExtractionPlan) -> dict:
         attributes["padding"] = np.asarray(settings.padding, dtype=np.int64)
     if settings.augmentation is not None:
         attributes["augment_copies"] = settings.augmentation.copies
+    if settings.sampler == "volumes" and any(settings.patch_size):
+        # The patch size the store's weighted tables are made for.
+        attributes["patch_size"] = np.asarray(settings.patch_size, dtype=np.int64)
     return attributes
 
 
@@ -236,6 +241,8 @@ def _open_writer(plan: ExtractionPlan, output: PartialOutput):
     """A writer on ``output.temporary``: new, or reopened after the resumed subjects."""
     images = {name: (p.channels, p.dtype, p.type) for name, p in plan.images.items()}
     patch_size = plan.settings.patch_size
+    if plan.settings.sampler == "volumes":
+        return _open_store(plan, output, images)
     if output.resumed:
         _check_resumed(plan, output.resumed, output.temporary)
         done = [_record_from_json(r) for r in output.resumed if "skipped" not in r]
@@ -282,6 +289,38 @@ def _open_writer(plan: ExtractionPlan, output: PartialOutput):
             plan.config.output.compression,
             plan.config.output.compression_level,
         )
+    writer.skipped = list(plan.skipped)
+    return writer
+
+
+def _open_store(plan: ExtractionPlan, output: PartialOutput, images) -> VolumeStoreWriter:
+    """A volume store's writer on ``output.temporary``: new, or reopened after the resumed
+    subjects (as :func:`_open_writer` does for patches)."""
+    compression = plan.config.output.compression
+    level = plan.config.output.compression_level
+    if output.resumed:
+        _check_resumed(plan, output.resumed, output.temporary)
+        done = [_record_from_json(r) for r in output.resumed if "skipped" not in r]
+        try:
+            writer = VolumeStoreWriter.reopen(output.temporary, images, done, compression, level)
+        except PartialUnusable:
+            output.start_fresh()
+        else:
+            output.continue_partial()
+            writer.skipped = list(plan.skipped)
+            for record in output.resumed:
+                if "skipped" in record:
+                    writer.skip_subject(_skip_from_json(record), int(record["patch_start"]), 0)
+            return writer
+    chunks = plan.config.output.chunks
+    writer = VolumeStoreWriter(
+        output.temporary,
+        images,
+        _attributes(plan),
+        compression,
+        level,
+        DEFAULT_CHUNK_SHAPE if chunks is None else to_triplet(chunks, "output.chunks"),
+    )
     writer.skipped = list(plan.skipped)
     return writer
 
@@ -430,6 +469,8 @@ def _write_subject(writer, spec: SubjectSpec, row: int, messages, bar, check_int
         manifest_row=spec.index,
         source_grids=start.source_grids,
     )
+    if start.tables:
+        writer.write_tables(start.tables)
     number = len(writer.subjects) - 1  # its row of the subjects table
     for index, block in enumerate(messages):
         if index:  # between two blocks; a complete subject is checkpointed first

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import Config
+from .sampling.geometry import to_triplet
 from .shards import Shard
 from .subjects import SubjectSpec
 from .transforms import describe_transforms
@@ -47,6 +48,7 @@ FINGERPRINT_KEYS = (
     "output.compression",
     "output.compression_level",
     "output.dtype",
+    "output.chunks",
     "preprocess",
     "augment",
 )
@@ -83,6 +85,8 @@ def _value(config: Config, key: str) -> Any:
         return list(config.patch_triplet)
     if key == "patch_overlap":
         return list(config.overlap_triplet)
+    if key == "output.chunks" and value is not None:
+        return list(to_triplet(value, "output.chunks"))
     if key == "preprocess":  # arguments with their defaults spelt out: `Resample: 1` == `Resample`
         return describe_transforms(config.transforms)
     if key == "augment":  # with the versions of TorchIO and torch, which draw the copies
@@ -122,7 +126,7 @@ def _references(value: Any) -> list[str]:
 def settings_payload(config: Config, sampler: str) -> dict:
     """What decides a subject's patches apart from the manifest, as plain JSON-able data."""
     values = {key: _value(config, key) for key in FINGERPRINT_KEYS}
-    for key in ("preprocess", "augment"):
+    for key in ("preprocess", "augment", "output.chunks"):
         if not values[key]:
             # Runs without them keep the fingerprint they had before these existed, so
             # that their shards still merge and their .partial files still resume.

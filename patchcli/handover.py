@@ -41,6 +41,15 @@ class Arrays:
 
 
 @dataclass(frozen=True)
+class VolumeChunks:
+    """Workers compress whole volumes into chunks of ``chunk_shape`` (spatial; every
+    channel in each chunk) with each image's filter pipeline (a volume store)."""
+
+    filters: Mapping[str, tuple[tuple[int, int, tuple[int, ...]], ...]]
+    chunk_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
 class SubjectStart:
     """The first message of a subject: what the writer records before its patches."""
 
@@ -50,6 +59,8 @@ class SubjectStart:
     warnings: list[str]
     #: Image name -> ``(shape, affine)`` before preprocessing (None without it).
     source_grids: Mapping[str, tuple[tuple[int, int, int], np.ndarray]] | None = None
+    #: A volume store's sampling tables of the subject (patchcli.sampling.tables), by image.
+    tables: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,4 +110,56 @@ def compress_chunks(
         return [dataset.read_direct_chunk((row, *zeros)) for row in range(len(block))]
 
 
-__all__ = ["Arrays", "Block", "Chunks", "InPlace", "SubjectStart", "compress_chunks"]
+def volume_chunk_shape(
+    chunk_shape: tuple[int, int, int], spatial_shape: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """The chunk of a volume: ``chunk_shape``, cut to the volume where it is smaller."""
+    return tuple(min(c, n) for c, n in zip(chunk_shape, spatial_shape))  # type: ignore[return-value]
+
+
+def compress_volume(
+    volume: np.ndarray,
+    chunk_shape: tuple[int, int, int],
+    filters: tuple[tuple[int, int, tuple[int, ...]], ...],
+) -> list[tuple[int, bytes]]:
+    """A (C, X, Y, Z) volume as the chunks HDF5 stores with ``filters``, chunk by chunk in
+    C order of the chunk grid: ``(filter mask, bytes)`` each (made by HDF5 itself, in an
+    in-memory file, like :func:`compress_chunks`)."""
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the Blosc filters)
+
+    chunk = (volume.shape[0], *volume_chunk_shape(chunk_shape, volume.shape[1:]))
+    name = f"patchcli-volume-{os.getpid()}-{next(_memory_files)}"
+    size = volume.nbytes + 2**20
+    with h5py.File(name, "w", driver="core", backing_store=False, block_size=size) as file:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(chunk)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        for code, flags, values in filters:
+            dcpl.set_filter(code, flags, values)
+        space = h5py.h5s.create_simple(volume.shape)
+        dataset = h5py.h5d.create(
+            file.id, b"volume", h5py.h5t.py_create(volume.dtype), space, dcpl=dcpl
+        )
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(volume))
+        return [dataset.read_direct_chunk(offset) for offset in chunk_offsets(volume.shape, chunk)]
+
+
+def chunk_offsets(shape, chunk) -> list[tuple[int, ...]]:
+    """The first index of every chunk of a dataset, in C order of the chunk grid."""
+    axes = [range(0, n, c) for n, c in zip(shape, chunk)]
+    return list(itertools.product(*axes))
+
+
+__all__ = [
+    "Arrays",
+    "Block",
+    "Chunks",
+    "InPlace",
+    "SubjectStart",
+    "VolumeChunks",
+    "chunk_offsets",
+    "compress_chunks",
+    "compress_volume",
+    "volume_chunk_shape",
+]

@@ -142,9 +142,18 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
     patches = int(len(output.locations))
     on_disk = _bytes_on_disk(output)
     uncompressed = patches * row_bytes
+    if output.kind == "volumes":  # a store: each subject's whole volumes
+        voxel_bytes = sum(
+            int(output.channels[name]) * np.dtype(output.dtypes[name]).itemsize
+            for name in output.images
+        )
+        uncompressed = sum(int(np.prod(record.shape)) for record in output.subjects) * voxel_bytes
+        for image in images:
+            image["patch_shape"] = [image["channels"], "X", "Y", "Z"]
+
     compression = "gzip (NIfTI)" if output.kind == "nifti" else attributes.get("compression")
     notes = []
-    if output.kind == "hdf5" and compression in PLUGIN_COMPRESSIONS:
+    if output.kind in ("hdf5", "volumes") and compression in PLUGIN_COMPRESSIONS:
         copy = output.path.with_name(f"{output.path.stem}.gzip{output.path.suffix}")
         notes.append(PLUGIN_NOTE.format(compression=compression, copy=copy, path=output.path))
     description = {
@@ -169,6 +178,9 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
         "config": attributes.get("config"),
     }
     description["parameters"] = _sampler_parameters(attributes.get("config"))
+    if output.kind == "volumes":
+        tables = attributes.get("patch_size")
+        description["tables_patch_size"] = None if tables is None else list(map(int, tables))
     recorded = _recorded_config(attributes.get("config"))
     description["preprocess"] = recorded.get("preprocess") or []
     description["augment"] = recorded.get("augment")

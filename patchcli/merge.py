@@ -52,6 +52,7 @@ from .io.format import FORMAT_NAME
 from .io.hdf5 import STRING_DTYPE, compression_options, open_hdf5, write_skipped, write_subjects
 from .io.nifti import CSV_NAME, subject_entry, write_metadata, write_patch_nifti
 from .io.reader import PatchOutput, read_patch_output
+from .io.store import write_merged_store
 from .io.writer import SkippedSubject
 from .progress import progress_bar
 from .repair import stale_shards
@@ -75,6 +76,8 @@ class MergeSummary:
     seconds: float
     #: Subjects the shards left out (``on_error: skip``).
     skipped: int = 0
+    #: ``hdf5``, ``nifti`` (patches) or ``volumes`` (a volume store).
+    kind: str = "hdf5"
 
 
 @dataclass
@@ -194,6 +197,12 @@ def merge(
             if not copy:
                 for shard in checked.outputs:
                     shutil.rmtree(shard.path)
+        elif checked.kind == "volumes":
+            mode = "copy" if copy else "virtual"
+            if compression is not None:
+                raise ConfigError("a volume store keeps its shards' compression: no --compression")
+            with atomic_output(output, overwrite) as temporary:
+                _merge_store(checked, output, temporary, mode)
         else:
             mode = "copy" if copy else "virtual"
             with atomic_output(output, overwrite) as temporary:
@@ -210,6 +219,7 @@ def merge(
         written,
         time.perf_counter() - started,
         len(checked.skipped),
+        checked.kind,
     )
 
 
@@ -494,6 +504,21 @@ def _merge_hdf5(
         table["patch_start"] = np.array(starts[:-1], np.int64)
         table["patch_count"] = np.array([s.num_patches for s in shards], np.int64)
         table["fingerprint"] = np.array([s.fingerprint or "" for s in shards], dtype=STRING_DTYPE)
+
+
+def _merge_store(checked: _Shards, output: Path, temporary: Path, mode: str) -> None:
+    """Merge volume stores: the subjects' groups linked (``virtual``: HDF5 external links
+    to the shards, which stay beside it) or copied chunk for chunk (``copy``)."""
+    shards = checked.outputs
+    for name, dtype in checked.dtypes.items():
+        if any(shard.dtypes[name] != dtype for shard in shards):
+            raise DataError(
+                f"{output}: shards store image {name!r} as "
+                f"{sorted({np.dtype(s.dtypes[name]).name for s in shards})}; a volume store "
+                "holds one dtype per image: give output.dtype (intensity) or make the shards again"
+            )
+    relative = [_relative_inside(shard.path, output) for shard in shards]
+    write_merged_store(temporary, shards, relative, mode, checked.fingerprint, checked.skipped)
 
 
 def _relative_inside(path: Path, output: Path) -> str:

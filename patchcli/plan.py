@@ -38,6 +38,8 @@ from .transforms.augment import Augmenter, augmented_geometry
 from .units import parse_size
 
 SAMPLERS = ("uniform", "weighted", "label", "grid")
+#: What a run can write: patches by one of the samplers, or a volume store.
+RUNS = (*SAMPLERS, "volumes")
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,12 @@ class ExtractionPlan:
 
 
 def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
-    if sampler not in SAMPLERS:
+    if sampler not in RUNS:
         raise ConfigError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if not config.images:
         raise ConfigError("images is required: a mapping of image name to type")
+    if sampler == "volumes":
+        return _store_settings(config)
     patch_size = config.patch_triplet
     overlap = config.overlap_triplet
     probability_map = label_name = None
@@ -142,6 +146,27 @@ def _sampler_settings(config: Config, sampler: str) -> SamplingSettings:
     )
 
 
+def _store_settings(config: Config) -> SamplingSettings:
+    """A volume store's settings: the volumes, and with ``patch_size`` the patch size its
+    weighted tables are made for (patchcli.io.store)."""
+    if config.augment is not None:
+        raise ConfigError(
+            "a volume store keeps the preprocessed volumes, one each: augment them while "
+            "training (VolumeDataset's transform), not with augment"
+        )
+    if config.output.format != "hdf5":
+        raise ConfigError("a volume store is an HDF5 file: output.format must be hdf5")
+    return SamplingSettings(
+        sampler="volumes",
+        patch_size=config.patch_triplet if config.patch_size is not None else (0, 0, 0),
+        seed=config.seed,
+        reader=config.reader,
+        tolerance=config.affine_tolerance,
+        image_types=config.image_types,
+        transforms=tuple(config.transforms),
+    )
+
+
 def plan_extraction(
     config: Config, sampler: str, subjects: list[SubjectSpec] | None = None
 ) -> ExtractionPlan:
@@ -163,7 +188,7 @@ def plan_extraction(
     manifest = source.subjects
     shard = parse_shard(config.shard)
     specs = list(manifest) if shard is None else list(manifest[_slice(shard.rows(len(manifest)))])
-    if sampler != "grid" and config.num_patches is None:
+    if sampler not in ("grid", "volumes") and config.num_patches is None:
         if any(not spec.num_samples for spec in specs):
             raise ConfigError("num_patches is required (or a num_samples column)")
     skip = config.on_error == "skip"
@@ -308,6 +333,13 @@ def _plan_subject(
             )
     after = "after preprocessing, " if settings.transforms else ""
     copies = 1 if settings.augmentation is None else settings.augmentation.copies
+    if settings.sampler == "volumes":  # one row: the subject's volumes
+        if first.shape is not None and any(settings.patch_size):
+            try:
+                check_patch_fits(settings.patch_size, first.shape)
+            except DataError as error:
+                raise DataError(f"{first.path}: subject {spec.id!r}: {after}{error}") from None
+        return 1
     if first.shape is None:
         if settings.sampler == "grid":
             raise ConfigError(
@@ -382,6 +414,15 @@ def output_size_bound(plan: ExtractionPlan, first_subject: int = 0, margin: bool
     """Bytes the output needs at most for the subjects from ``first_subject`` on (uncompressed),
     with ``margin`` for the file's metadata."""
     patches = int(sum(plan.counts[first_subject:]))
+    if plan.settings.sampler == "volumes":
+        # Each subject's volumes (a shape known only from the voxels: the largest known).
+        known = [shape for shape in plan.shapes if shape is not None] or [(0, 0, 0)]
+        largest = max(int(np.prod(shape)) for shape in known)
+        voxels = [largest if shape is None else int(np.prod(shape)) for shape in plan.shapes][
+            first_subject:
+        ]
+        per_voxel = sum(p.channels * p.dtype.itemsize for p in plan.images.values())
+        return sum(voxels) * per_voxel + 2**16 * len(voxels) + (4 * 2**20 if margin else 0)
     if plan.output_format == "nifti":
         # One file per image and patch: header, data, and a row of patches.csv.
         per_patch = plan.patch_bytes + len(plan.images) * (352 + 4096) + 200
@@ -408,6 +449,7 @@ def recorded_config(plan: ExtractionPlan) -> str:
 
 
 __all__ = [
+    "RUNS",
     "SAMPLERS",
     "ExtractionPlan",
     "ImagePlan",

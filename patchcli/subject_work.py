@@ -27,11 +27,20 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, PatchcliWarning
-from .handover import Block, Chunks, InPlace, SubjectStart, compress_chunks
+from .handover import (
+    Block,
+    Chunks,
+    InPlace,
+    SubjectStart,
+    VolumeChunks,
+    compress_chunks,
+    compress_volume,
+)
 from .io.space import write_error
 from .sampling import copy_rng, pad_volume, subject_rng
 from .sampling.geometry import Triplet, check_patch_fits
 from .sampling.stream import LocationStream
+from .sampling.tables import LabelRuns, RowTotals
 from .subjects import SubjectSpec, check_same_geometry, load_subject
 from .transforms import Image, Subject, Transform, apply_transforms
 from .transforms.augment import Augmentation, Augmenter
@@ -368,7 +377,10 @@ def subject_messages(
 ) -> Iterator[SubjectStart | Block]:
     """Load, sample and crop one subject: a :class:`SubjectStart`, then its blocks (with
     ``augment``, those of each copy in turn: copy ``c`` has rows ``[c * n, (c + 1) * n)``
-    of the subject's ``copies * n``)."""
+    of the subject's ``copies * n``); for a volume store, its whole volumes."""
+    if settings.sampler == "volumes":
+        yield from volume_messages(settings, task, target)
+        return
     copies = prepared_copies(settings, task.spec, task.count, process_buffers)
     prepared = next(copies)
     yield SubjectStart(
@@ -440,6 +452,51 @@ def _copy_blocks(
         warnings_to_hand = []
 
 
+def volume_messages(
+    settings: SamplingSettings, task: SubjectTask, target: VolumeChunks
+) -> Iterator[SubjectStart | Block]:
+    """One subject of a volume store: its :class:`SubjectStart` (with its sampling tables),
+    then one block holding each image's whole volume, compressed chunk by chunk."""
+    spec = task.spec
+    with _collected_warnings(spec.id) as messages:
+        volumes, affine, spatial_shape, source_grids = _load_and_preprocess(settings, spec)
+        volumes = {
+            name: cast_volume(
+                array, np.dtype(settings.output_dtypes.get(name, array.dtype)), spec.paths[name]
+            )
+            for name, array in volumes.items()
+        }
+        tables = sampling_tables(settings, volumes, spec)
+    yield SubjectStart(affine, spatial_shape, task.count, messages, source_grids, tables)
+    if isinstance(target, VolumeChunks):
+        payload = {
+            name: compress_volume(volume, target.chunk_shape, target.filters[name])
+            for name, volume in volumes.items()
+        }
+    else:  # the arrays (a dry run's measure of the sizes)
+        payload = {name: volume[None] for name, volume in volumes.items()}
+    yield Block(0, 1, payload, np.array([[0, 0, 0, *spatial_shape]], dtype=np.int64))
+
+
+def sampling_tables(
+    settings: SamplingSettings, volumes: Mapping[str, np.ndarray], spec: SubjectSpec
+) -> dict[str, object]:
+    """What a volume store keeps to draw patches at training time
+    (patchcli.sampling.tables): the label runs of each single-channel label image, and
+    with a ``patch_size``, the row totals of each sampling map."""
+    tables: dict[str, object] = {}
+    for name, volume in volumes.items():
+        kind = settings.image_types.get(name)
+        try:
+            if kind == "label" and volume.shape[0] == 1:
+                tables[name] = LabelRuns.of(volume)
+            elif kind == "sampling_map" and any(settings.patch_size):
+                tables[name] = RowTotals.of(volume, settings.patch_size)
+        except DataError as error:
+            raise DataError(f"{spec.paths[name]}: subject {spec.id!r}: {error}") from None
+    return tables
+
+
 def _write_all(descriptor: int, data: memoryview, offset: int, target: InPlace) -> None:
     written = 0
     try:
@@ -461,4 +518,5 @@ __all__ = [
     "process_buffers",
     "subject_locations",
     "subject_messages",
+    "volume_messages",
 ]

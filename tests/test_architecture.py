@@ -65,6 +65,7 @@ STAGES: dict[str, int] = {
     "patchcli.patch_tables": 7,
     "patchcli.augment": 7,
     "patchcli.torchio_input": 7,
+    "patchcli.volume_dataset": 7,
     # 8. the command line
     "patchcli.cli": 8,
     # 9. the package's entry points

@@ -85,6 +85,7 @@ SAMPLER_OPTIONS = {
     "uniform": RANDOM_OPTIONS,
     "weighted": RANDOM_OPTIONS
     + [("--probability-map", "probability_map", dict(help="Name of the sampling image."))],
+    "volumes": [],
     "label": RANDOM_OPTIONS
     + [
         ("--label-name", "label_name", dict(help="Name of the label image.")),
@@ -125,6 +126,12 @@ HELP = {
         "Tile every volume with overlapping patches, for dense inference.",
         "patchcli grid configs/grid.yaml --patch-overlap 16 --format nifti --output out/grid/",
     ),
+    "volumes": (
+        "Store every subject's (preprocessed) volumes, chunked and compressed, with the "
+        "tables its samplers need: patches are then drawn while training (VolumeDataset). "
+        "--patch-size sets the size the weighted sampler's tables are made for.",
+        "patchcli volumes configs/volumes.yaml --workers 4",
+    ),
 }
 
 
@@ -132,11 +139,13 @@ HELP = {
 SHOWN_SKIPPED = 20
 
 
-def summary_text(result) -> str:
+def summary_text(result, volumes: bool = False) -> str:
     """The last line of a run: what was written, where, how fast."""
     from ..units import count, format_bytes
 
     what = f"{count(result.patches, 'patch')} from {count(result.subjects, 'subject')}"
+    if volumes:  # a volume store: each subject's volumes
+        what = f"the volumes of {count(result.subjects, 'subject')}"
     skipped = "".join(f"\n  skipped {s.describe()}" for s in result.skipped[:SHOWN_SKIPPED])
     if len(result.skipped) > SHOWN_SKIPPED:
         skipped += (
@@ -191,7 +200,7 @@ def _make_command(sampler: str) -> click.Command:
             space_check=space_check,
             retry_skipped=retry_skipped,
         )
-        click.echo(f"{sampler}: {summary_text(result)}")
+        click.echo(f"{sampler}: {summary_text(result, volumes=sampler == 'volumes')}")
 
     command.__doc__ = f"{summary}\n\n\b\nExample:\n  {example}"
     command = with_config_options(options)(command)
@@ -226,4 +235,6 @@ def _make_command(sampler: str) -> click.Command:
     return click.command(sampler, help=command.__doc__)(command)
 
 
-COMMANDS = [_make_command(sampler) for sampler in ("uniform", "weighted", "label", "grid")]
+COMMANDS = [
+    _make_command(sampler) for sampler in ("uniform", "weighted", "label", "grid", "volumes")
+]

@@ -93,7 +93,9 @@ def format_description(description: dict, show_config: bool = False) -> str:
         ]
         lines += [f"  problem: {problem}" for problem in description["problems"]]
         return "\n".join(lines + format_run_status(description.get("run_status")))
-    kind = {"hdf5": "HDF5 file", "nifti": "NIfTI folder"}[description["kind"]]
+    kind = {"hdf5": "HDF5 file", "nifti": "NIfTI folder", "volumes": "volume store (HDF5)"}[
+        description["kind"]
+    ]
     if role["kind"] == "shard":
         made = f"shard {role['index']} of {role['count']} (0-based)"
     elif role["kind"] == "merge":
@@ -111,6 +113,11 @@ def format_description(description: dict, show_config: bool = False) -> str:
         sampler += f", padding {description.get('padding_mode') or 'none'}"
     for key, value in description.get("parameters", {}).items():
         sampler += f", {key} {value}"
+    if description["kind"] == "volumes":
+        tables = description.get("tables_patch_size")
+        sampler = "  volumes: each subject's images, chunked for patch reads" + (
+            f"; weighted tables for patches of {'x'.join(map(str, tables))}" if tables else ""
+        )
     lines.append(sampler)
     if description.get("preprocess"):
         lines.append(f"  preprocess: {describe_preprocess(description['preprocess'])}")
@@ -122,7 +129,10 @@ def format_description(description: dict, show_config: bool = False) -> str:
         )
     subjects = description["subjects"]
     patches = description["patches"]
-    lines.append(f"  {count(patches, 'patch')} from {count(len(subjects), 'subject')}")
+    if description["kind"] == "volumes":
+        lines.append(f"  the volumes of {count(len(subjects), 'subject')}")
+    else:
+        lines.append(f"  {count(patches, 'patch')} from {count(len(subjects), 'subject')}")
     lines.append("  images:")
     for image in description["images"]:
         shape = "x".join(map(str, image["patch_shape"]))

@@ -60,10 +60,13 @@ def merge(output, shards, copy, compression, compression_level, overwrite, confi
         config=config,
     )
     how = {"virtual": "virtual datasets over the shards", "copy": "copied", "nifti": "one folder"}
+    what = f"{count(result.patches, 'patch')} from {count(result.subjects, 'subject')}"
+    if result.kind == "volumes":
+        how["virtual"] = "links to the shards"
+        what = f"the volumes of {count(result.subjects, 'subject')}"
     skipped = f"; {count(result.skipped, 'subject')} skipped" if result.skipped else ""
     click.echo(
-        f"merge: {count(result.shards, 'shard')}, {count(result.patches, 'patch')} from "
-        f"{count(result.subjects, 'subject')} ({how[result.mode]}{skipped}), "
+        f"merge: {count(result.shards, 'shard')}, {what} ({how[result.mode]}{skipped}), "
         f"{format_bytes(result.bytes_written)} written to "
         f"{result.path} in {result.seconds:.1f} s"
     )

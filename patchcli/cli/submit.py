@@ -10,7 +10,7 @@ from .common import run_command
 
 
 @click.command()
-@click.argument("command", type=click.Choice(["uniform", "weighted", "label", "grid"]))
+@click.argument("command", type=click.Choice(["uniform", "weighted", "label", "grid", "volumes"]))
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--shards", type=click.IntRange(min=1), required=True, help="Array tasks.")
 @click.option("--partition", help="sbatch --partition.")

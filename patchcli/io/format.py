@@ -31,6 +31,7 @@ RUN_ATTRIBUTES = (
     "shard_count",
     "merge",
     "augment_copies",
+    "patch_size",
 )
 
 

@@ -33,6 +33,7 @@ from .handles import HandleCache
 from .hdf5 import damage_reason, decode_strings, open_hdf5, plain_value, read_skipped, read_subjects
 from .nifti import CSV_NAME, read_nifti_patch
 from .output import Part, PatchOutput
+from .store import is_store, read_store
 from .writer import SkippedSubject, SubjectRecord, source_grids_from_plain
 
 #: How a user accepts a file that reads from outside its folder.
@@ -92,11 +93,19 @@ def read_patch_output(path: str | os.PathLike, *, allow_external: bool = False) 
 def _read_hdf5(path: Path, allow_external: bool) -> PatchOutput:
     with open_hdf5(path) as file:
         attributes = file.attrs
+        plain = {key: plain_value(attributes[key]) for key in RUN_ATTRIBUTES if key in attributes}
+        if is_store(file):
+            if plain.get("merge") == "virtual":  # every shard there before reading through
+                rows = len(file["subjects/id"]) if "subjects/id" in file else 0
+                parts = _merge_parts(file, path, rows, allow_external)
+            store = read_store(file, path, plain)
+            if plain.get("merge") == "virtual":
+                store.parts = parts
+            return store
         found = decode_strings(attributes["format"])[0] if "format" in attributes else None
         if "patches" not in file:
             found = found if found != FORMAT_NAME else f"{found} without /patches"
         version = check_format(found, attributes.get("format_version"), path)
-        plain = {key: plain_value(attributes[key]) for key in RUN_ATTRIBUTES if key in attributes}
         subjects = read_subjects(file, path)
         skipped = read_skipped(file, path)
         try:
