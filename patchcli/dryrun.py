@@ -111,7 +111,9 @@ def _filters(plan: ExtractionPlan) -> dict:
     filters = {}
     with h5py.File("patchcli-dry-run", "w", driver="core", backing_store=False) as file:
         for name, image in plan.images.items():
-            shape = (1, image.channels, *plan.settings.patch_size)
+            # A volume store's payload is each whole volume, one "patch": a chunk of 32^3.
+            size = (32, 32, 32) if plan.settings.sampler == "volumes" else plan.settings.patch_size
+            shape = (1, image.channels, *size)
             dataset = file.create_dataset(name, shape, image.dtype, chunks=shape, **options)
             filters[name] = filter_pipeline(dataset)
     return filters

@@ -33,6 +33,14 @@ PLUGIN_NOTE = (
 )
 
 
+STORE_PLUGIN_NOTE = (
+    "{compression} goes through the Blosc filter plugin: in Python, `import hdf5plugin` "
+    "before opening the store with h5py; for other HDF5 tools, set HDF5_PLUGIN_PATH to "
+    "hdf5plugin's plugin folder; or make the store with output.compression: gzip, which "
+    "every HDF5 tool reads"
+)
+
+
 def describe_output(path: str | os.PathLike, *, allow_external: bool = False) -> dict[str, Any]:
     """Describe a patch output (HDF5 file, shard, merge, or NIfTI folder).
 
@@ -153,9 +161,11 @@ def _describe(output: PatchOutput) -> dict[str, Any]:
 
     compression = "gzip (NIfTI)" if output.kind == "nifti" else attributes.get("compression")
     notes = []
-    if output.kind in ("hdf5", "volumes") and compression in PLUGIN_COMPRESSIONS:
+    if output.kind == "hdf5" and compression in PLUGIN_COMPRESSIONS:
         copy = output.path.with_name(f"{output.path.stem}.gzip{output.path.suffix}")
         notes.append(PLUGIN_NOTE.format(compression=compression, copy=copy, path=output.path))
+    if output.kind == "volumes" and compression in PLUGIN_COMPRESSIONS:
+        notes.append(STORE_PLUGIN_NOTE.format(compression=compression))
     description = {
         "path": str(output.path),
         "kind": output.kind,

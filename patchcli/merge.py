@@ -517,8 +517,12 @@ def _merge_store(checked: _Shards, output: Path, temporary: Path, mode: str) -> 
                 f"{sorted({np.dtype(s.dtypes[name]).name for s in shards})}; a volume store "
                 "holds one dtype per image: give output.dtype (intensity) or make the shards again"
             )
-    relative = [_relative_inside(shard.path, output) for shard in shards]
-    write_merged_store(temporary, shards, relative, mode, checked.fingerprint, checked.skipped)
+    if mode == "virtual":
+        names = [_relative_inside(shard.path, output) for shard in shards]
+    else:
+        names = [shard.path.name for shard in shards]
+    config = _merged_config(shards[0].attributes.get("config", ""), checked.dtypes)
+    write_merged_store(temporary, shards, names, mode, checked.fingerprint, checked.skipped, config)
 
 
 def _relative_inside(path: Path, output: Path) -> str:

@@ -13,6 +13,7 @@ ones for the same seed and epoch whatever the loader workers and ranks.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .aggregate import GridAggregator
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, PatchcliWarning
 from .io.hdf5 import open_hdf5
 from .io.reader import read_patch_output
 from .io.store import read_label_runs, read_row_totals
@@ -251,6 +252,10 @@ class VolumeDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         number = self.subject_of(index)
         record = self.subjects[number]
+        try:
+            self._open()
+        except DataError as error:
+            raise DataError(f"{error} (reading subject {record.id!r})") from None
         if self.sampler == "grid":
             location = self._grid_rows[index, 1:].astype(np.int64)
         else:
@@ -293,7 +298,12 @@ class VolumeDataset(Dataset):
                         f"{where}: no label table for image {self.label_name!r} (a "
                         "single-channel label image); sampler='label' needs one"
                     )
-                return RunDraw(runs, self.patch_size, self.label_probabilities)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", PatchcliWarning)
+                    draw = RunDraw(runs, self.patch_size, self.label_probabilities)
+                for warning in caught:  # named after the subject, as in a run's warnings
+                    warnings.warn(f"subject {record.id!r}: {warning.message}", PatchcliWarning, 2)
+                return draw
             name = self.probability_map
             totals = read_row_totals(file, record.id, name)
             if totals is None or totals.patch_size != tuple(self.patch_size):
@@ -312,12 +322,12 @@ class VolumeDataset(Dataset):
 
     def _read(self, record, name: str, location: np.ndarray) -> np.ndarray:
         """One patch of one image: the chunks it covers, padded where it leaves the volume."""
-        dataset = self._open()[f"volumes/{record.id}/{name}"]
         start = location[:3] - self.padding
         stop = location[3:] - self.padding
         low = np.maximum(start, 0)
         high = np.minimum(stop, record.shape)
         try:
+            dataset = self._open()[f"volumes/{record.id}/{name}"]
             patch = dataset[:, low[0] : high[0], low[1] : high[1], low[2] : high[2]]
         except (OSError, KeyError) as error:
             raise DataError(

@@ -320,3 +320,25 @@ def test_retry_skipped_brings_a_repaired_subject_back_on_slurm(tmp_path, slurm):
     assert jobs["shards"] == [1]
     assert not read_patch_output(out / "patches.h5").skipped
     assert_same_output(out / "patches.h5", _reference(config, tmp_path), merged=True)
+
+
+@pytest.mark.slurm
+def test_a_volume_store_is_submitted_sharded_and_merged(tmp_path, slurm):
+    config = _setup(tmp_path)
+    result = _submit("volumes", config, "--shards", 2, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = read_patch_output(tmp_path / "out" / "patches.h5")
+    assert merged.kind == "volumes" and merged.merge == "virtual"
+    reference = read_patch_output(
+        extract(load_config(config, {"output.path": str(tmp_path / "whole.h5")}), "volumes").path
+    )
+    assert [s.id for s in merged.subjects] == [s.id for s in reference.subjects]
+    import h5py
+    import hdf5plugin  # noqa: F401
+    import numpy as np
+
+    with h5py.File(merged.path, "r") as a, h5py.File(reference.path, "r") as b:
+        for subject in reference.subjects:
+            for image in IMAGES:
+                key = f"volumes/{subject.id}/{image}"
+                np.testing.assert_array_equal(a[key][()], b[key][()], err_msg=key)

@@ -95,7 +95,7 @@ class VolumeStoreWriter(PatchWriter):
             root[key] = value
         self.file.create_group("volumes")
         self.file.create_group("tables")
-        self._options = compression_options(compression, compression_level)
+        self._options = _volume_options(compression, compression_level)
         self._filters = _filters_of(self.file, self._options, self.images)
         self._reserve(_METADATA_MARGIN, _METADATA_MARGIN)
 
@@ -246,7 +246,7 @@ class VolumeStoreWriter(PatchWriter):
                             f"{path}: lacks the volume {name!r} of subject {record.id!r} its "
                             "progress record says was written"
                         )
-            self._options = compression_options(compression, compression_level)
+            self._options = _volume_options(compression, compression_level)
             self._filters = _filters_of(file, self._options, self.images)
             self._reserve(_METADATA_MARGIN, _METADATA_MARGIN)
         except BaseException:
@@ -254,6 +254,12 @@ class VolumeStoreWriter(PatchWriter):
             raise
         self.subjects = list(done)
         return self
+
+
+def _volume_options(compression: str, level: int | None) -> dict[str, Any]:
+    """How a store's volumes are made: the compression, and a Fletcher-32 checksum of each
+    chunk (Blosc has none: without it a damaged lz4 chunk would read back as other values)."""
+    return {**compression_options(compression, level), "fletcher32": True}
 
 
 #: Sampling tables: small, compressed with gzip (any HDF5 reads them).
@@ -287,6 +293,7 @@ def write_merged_store(
     mode: str,
     fingerprint: str,
     skipped: Sequence[SkippedSubject],
+    config: str = "",
 ) -> None:
     """Write the merge of store shards at ``path``: each subject's groups linked to its
     shard (``virtual``: HDF5 external links, ``names`` relative to the merge's folder) or
@@ -301,6 +308,7 @@ def write_merged_store(
         merged.attrs["merge"] = mode
         merged.attrs["shard_count"] = len(shards)
         merged.attrs["config_fingerprint"] = fingerprint
+        merged.attrs["config"] = config  # the unsharded run's: no shard
         for group in ("volumes", "tables"):
             merged.create_group(group)
         for shard, name in zip(shards, names, strict=True):
@@ -324,8 +332,7 @@ def write_merged_store(
             write_skipped(merged, skipped)
         table = merged.create_group("shards")
         string = h5py.string_dtype("utf-8")
-        files = names if mode == "virtual" else [shard.path.name for shard in shards]
-        table["file"] = np.array(files, dtype=string)
+        table["file"] = np.array(list(names), dtype=string)
         table["patch_start"] = np.array(starts[:-1], np.int64)
         table["patch_count"] = np.array([s.num_patches for s in shards], np.int64)
         table["fingerprint"] = np.array([s.fingerprint or "" for s in shards], dtype=string)
