@@ -45,8 +45,9 @@ from .writer import PartialUnusable, PatchWriter, SkippedSubject, SubjectRecord
 
 STORE_FORMAT_NAME = "patchcli-volumes"
 STORE_FORMAT_VERSION = 1
-#: The chunk of a stored volume (spatial; every channel in each chunk), measured with
-#: bench/bench_volumes.py.
+#: The chunk of a stored volume (spatial; every channel in each chunk): 32^3 read 64^3
+#: patches faster than 16^3 or 64^3 did, and made the smallest store
+#: (bench/bench_volumes.py --chunk; docs/benchmarks.md).
 DEFAULT_CHUNK_SHAPE = (32, 32, 32)
 _METADATA_MARGIN = 4 * 2**20
 
