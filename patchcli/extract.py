@@ -240,27 +240,11 @@ def _summary_of(
 def _open_writer(plan: ExtractionPlan, output: PartialOutput):
     """A writer on ``output.temporary``: new, or reopened after the resumed subjects."""
     images = {name: (p.channels, p.dtype, p.type) for name, p in plan.images.items()}
-    patch_size = plan.settings.patch_size
-    if plan.settings.sampler == "volumes":
-        return _open_store(plan, output, images)
     if output.resumed:
         _check_resumed(plan, output.resumed, output.temporary)
         done = [_record_from_json(r) for r in output.resumed if "skipped" not in r]
         try:
-            if plan.output_format == "nifti":
-                writer = NiftiPatchWriter(
-                    output.temporary,
-                    images,
-                    patch_size,
-                    _attributes(plan),
-                    plan.settings.padding,
-                    done=done,
-                    csv_offset=int(output.resumed[-1]["csv_offset"]),
-                )
-            else:
-                writer = Hdf5PatchWriter.reopen(
-                    output.temporary, images, patch_size, plan.total_patches, done
-                )
+            writer = _reopened_writer(plan, output, images, done)
         except PartialUnusable:
             output.start_fresh()
         else:
@@ -274,55 +258,65 @@ def _open_writer(plan: ExtractionPlan, output: PartialOutput):
                         int(record["patch_count"]),
                     )
             return writer
-    if plan.output_format == "nifti":
-        writer = NiftiPatchWriter(
-            output.temporary, images, patch_size, _attributes(plan), plan.settings.padding
+    writer = _new_writer(plan, output, images)
+    writer.skipped = list(plan.skipped)
+    return writer
+
+
+def _reopened_writer(plan: ExtractionPlan, output: PartialOutput, images, done):
+    """The writer of the run's format, continuing ``output.temporary`` after ``done``
+    (PartialUnusable when it cannot)."""
+    config = plan.config.output
+    if plan.settings.sampler == "volumes":
+        return VolumeStoreWriter.reopen(
+            output.temporary, images, done, config.compression, config.compression_level
         )
-    else:
-        writer = Hdf5PatchWriter(
+    if plan.output_format == "nifti":
+        return NiftiPatchWriter(
             output.temporary,
             images,
-            patch_size,
-            plan.total_patches,
-            len(plan.subjects),
+            plan.settings.patch_size,
             _attributes(plan),
-            plan.config.output.compression,
-            plan.config.output.compression_level,
+            plan.settings.padding,
+            done=done,
+            csv_offset=int(output.resumed[-1]["csv_offset"]),
         )
-    writer.skipped = list(plan.skipped)
-    return writer
+    return Hdf5PatchWriter.reopen(
+        output.temporary, images, plan.settings.patch_size, plan.total_patches, done
+    )
 
 
-def _open_store(plan: ExtractionPlan, output: PartialOutput, images) -> VolumeStoreWriter:
-    """A volume store's writer on ``output.temporary``: new, or reopened after the resumed
-    subjects (as :func:`_open_writer` does for patches)."""
-    compression = plan.config.output.compression
-    level = plan.config.output.compression_level
-    if output.resumed:
-        _check_resumed(plan, output.resumed, output.temporary)
-        done = [_record_from_json(r) for r in output.resumed if "skipped" not in r]
-        try:
-            writer = VolumeStoreWriter.reopen(output.temporary, images, done, compression, level)
-        except PartialUnusable:
-            output.start_fresh()
-        else:
-            output.continue_partial()
-            writer.skipped = list(plan.skipped)
-            for record in output.resumed:
-                if "skipped" in record:
-                    writer.skip_subject(_skip_from_json(record), int(record["patch_start"]), 0)
-            return writer
-    chunks = plan.config.output.chunks
-    writer = VolumeStoreWriter(
+def _new_writer(plan: ExtractionPlan, output: PartialOutput, images):
+    """A new writer of the run's format on ``output.temporary``."""
+    config = plan.config.output
+    if plan.settings.sampler == "volumes":
+        chunks = DEFAULT_CHUNK_SHAPE if config.chunks is None else config.chunks
+        return VolumeStoreWriter(
+            output.temporary,
+            images,
+            _attributes(plan),
+            config.compression,
+            config.compression_level,
+            to_triplet(chunks, "output.chunks"),
+        )
+    if plan.output_format == "nifti":
+        return NiftiPatchWriter(
+            output.temporary,
+            images,
+            plan.settings.patch_size,
+            _attributes(plan),
+            plan.settings.padding,
+        )
+    return Hdf5PatchWriter(
         output.temporary,
         images,
+        plan.settings.patch_size,
+        plan.total_patches,
+        len(plan.subjects),
         _attributes(plan),
-        compression,
-        level,
-        DEFAULT_CHUNK_SHAPE if chunks is None else to_triplet(chunks, "output.chunks"),
+        config.compression,
+        config.compression_level,
     )
-    writer.skipped = list(plan.skipped)
-    return writer
 
 
 def _record_json(record: SubjectRecord, csv_offset: int | None) -> dict:

@@ -219,11 +219,7 @@ class Hdf5PatchWriter(PatchWriter):
         import hdf5plugin  # noqa: F401
 
         path = Path(path)
-        try:
-            file = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
-        except OSError as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise PartialUnusable(f"{path}: cannot be reopened ({reason})") from None
+        file = open_partial(path)
         self = cls.__new__(cls)
         PatchWriter.__init__(self)
         self.path, self.file, self.image_names = path, file, list(images)
@@ -352,6 +348,16 @@ class Hdf5PatchWriter(PatchWriter):
 
 
 # -- the layout's tables and helpers ---------------------------------------------
+
+
+def open_partial(path: Path) -> h5py.File:
+    """A ``.partial`` HDF5 file opened to be continued (PartialUnusable when a kill left it
+    unreadable: the run must start again)."""
+    try:
+        return h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PartialUnusable(f"{path}: cannot be reopened ({reason})") from None
 
 
 def _allocated_now():

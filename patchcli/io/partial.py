@@ -160,11 +160,8 @@ class PartialOutput:
     def _is_stale(self, path: Path) -> bool:
         """Whether ``path`` is an output of this run's settings and shard whose rows were
         others (a manifest row fixed since)."""
-        if not path.exists():
-            return False
-        try:
-            output = read_patch_output(path)
-        except DataError:
+        output = _read_output(path)
+        if output is None:
             return False
         shard = None if output.shard is None else str(output.shard)
         return (
@@ -177,11 +174,8 @@ class PartialOutput:
 
     def _is_this_run(self, path: Path) -> bool:
         """Whether ``path`` is a complete output of this run."""
-        if not path.exists():
-            return False
-        try:
-            output = read_patch_output(path)
-        except DataError:
+        output = _read_output(path)
+        if output is None:
             return False
         header = self.header
         # Shards made before shards had fingerprints of their own carry the whole run's.
@@ -328,6 +322,16 @@ class PartialOutput:
         error.kept_partial = KeptPartial(  # type: ignore[attr-defined]
             self.temporary, self.done, int(self.header.get("subjects", 0))
         )
+
+
+def _read_output(path: Path):
+    """The output at ``path``, or None when there is none or it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return read_patch_output(path)
+    except DataError:
+        return None
 
 
 def _remove(path: Path) -> None:

@@ -33,6 +33,7 @@ from .hdf5 import (
     compression_options,
     decode_strings,
     filter_pipeline,
+    open_partial,
     plain_value,
     read_skipped,
     read_subjects,
@@ -222,11 +223,7 @@ class VolumeStoreWriter(PatchWriter):
         import hdf5plugin  # noqa: F401  (writes the Blosc filters)
 
         path = Path(path)
-        try:
-            file = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
-        except OSError as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise PartialUnusable(f"{path}: cannot be reopened ({reason})") from None
+        file = open_partial(path)
         self = cls.__new__(cls)
         PatchWriter.__init__(self)
         self.path, self.file, self.images = path, file, dict(images)
