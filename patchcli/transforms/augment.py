@@ -23,7 +23,6 @@ each worker), never by the command line at startup.
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,7 +36,7 @@ from ..errors import ConfigError, DataError, PatchcliError
 from ..sampling.random import FUNCTIONS, copy_rng, copy_torch_seed
 from .function import apply_arrays_function, is_function_reference, load_function
 from .image import INTENSITY, LABEL, Image, ImageGeometry, Subject
-from .registry import transform_parameters
+from .registry import checked_arguments, did_you_mean
 
 #: The command that installs what ``augment`` needs.
 INSTALL_AUGMENT = "pip install 'patchcli[augment]'"
@@ -124,7 +123,7 @@ def parse_augment(value: Any, image_types: Mapping[str, str]) -> Augmentation | 
     if unknown:
         raise ConfigError(
             f"augment has no key {unknown[0]!r}"
-            f"{_did_you_mean(str(unknown[0]), ('copies', 'transforms'))} (keys: copies, transforms)"
+            f"{did_you_mean(str(unknown[0]), ('copies', 'transforms'))} (keys: copies, transforms)"
         )
     copies = value.get("copies", 1)
     if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= MAX_COPIES:
@@ -171,11 +170,6 @@ def _check_images(arguments: Any, image_types: Mapping[str, str], where: str) ->
                     f"{where}: {key} names {name!r}, which is not an image "
                     f"(images: {list(image_types)})"
                 )
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def import_torchio():
@@ -241,24 +235,10 @@ class Augmenter:
         known = _torchio_transforms(tio)
         if name not in known:
             raise ConfigError(
-                f"{where}: unknown TorchIO transform {name!r}{_did_you_mean(name, known)}"
+                f"{where}: unknown TorchIO transform {name!r}{did_you_mean(name, known)}"
             )
         cls = known[name]
-        parameters = transform_parameters(cls)
-        if arguments is None:
-            arguments = {}
-        elif not isinstance(arguments, Mapping):
-            own = [key for key in parameters if key not in _BASE_PARAMETERS]
-            if not own:
-                raise ConfigError(f"{where}: {name} takes no argument but {arguments!r} was given")
-            arguments = {own[0]: arguments}
-        arguments = dict(arguments)
-        for key in arguments:
-            if key not in parameters:
-                raise ConfigError(
-                    f"{where}: {name} has no argument {key!r}{_did_you_mean(str(key), parameters)} "
-                    f"(arguments: {', '.join(parameters)})"
-                )
+        arguments = checked_arguments(cls, name, arguments, _BASE_PARAMETERS, where)
         if name in CONTAINERS:
             arguments["transforms"] = self._children(name, arguments.get("transforms"), where)
         if name == "Lambda" and isinstance(arguments.get("function"), str):

@@ -58,7 +58,8 @@ RANDOM_TRANSFORMS = (
 )
 
 
-def _did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices) -> str:
+    """``; did you mean 'X'?`` with the closest of ``choices``, or nothing."""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -80,6 +81,29 @@ def transform_parameters(cls: type) -> list[str]:
         if "kwargs" not in inspect.signature(klass.__init__).parameters:
             break
     return names
+
+
+def checked_arguments(
+    cls: type, name: str, arguments: Any, base: Sequence[str], where: str
+) -> dict[str, Any]:
+    """A transform entry's arguments as keywords: ``{argument: value}``, or a value alone
+    for the first argument that is not one of ``base`` (TorchIO's common ones); unknown
+    names refused with the closest known one (ConfigError naming ``where``)."""
+    parameters = transform_parameters(cls)
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, Mapping):
+        own = [key for key in parameters if key not in base]
+        if not own:
+            raise ConfigError(f"{where}: {name} takes no argument but {arguments!r} was given")
+        return {own[0]: arguments}
+    for key in arguments:
+        if key not in parameters:
+            raise ConfigError(
+                f"{where}: {name} has no argument {key!r}{did_you_mean(str(key), parameters)} "
+                f"(arguments: {', '.join(parameters)})"
+            )
+    return dict(arguments)
 
 
 def parse_transform(entry: Any, image_types: Mapping[str, str], where: str) -> Transform:
@@ -106,24 +130,11 @@ def parse_transform(entry: Any, image_types: Mapping[str, str], where: str) -> T
                 "transforms"
             )
         raise ConfigError(
-            f"{where}: unknown transform {name!r}{_did_you_mean(str(name), TRANSFORMS)} "
+            f"{where}: unknown transform {name!r}{did_you_mean(str(name), TRANSFORMS)} "
             f"(transforms: {', '.join(TRANSFORMS)}, or module:function for custom code)"
         )
     cls = TRANSFORMS[name]
-    parameters = transform_parameters(cls)
-    if arguments is None:
-        arguments = {}
-    elif not isinstance(arguments, Mapping):
-        own = [key for key in parameters if key not in ("include", "exclude")]
-        if not own:
-            raise ConfigError(f"{where}: {name} takes no argument but {arguments!r} was given")
-        arguments = {own[0]: arguments}
-    for key in arguments:
-        if key not in parameters:
-            raise ConfigError(
-                f"{where}: {name} has no argument {key!r}{_did_you_mean(str(key), parameters)} "
-                f"(arguments: {', '.join(parameters)})"
-            )
+    arguments = checked_arguments(cls, name, arguments, ("include", "exclude"), where)
     try:
         transform = cls(**arguments)
     except ConfigError as error:
