@@ -36,6 +36,7 @@ demo: install
 	$(BIN)/patchcli merge demo/out/cluster/patches.h5
 	$(BIN)/patchcli info demo/out/cluster/patches.h5
 	$(BIN)/patchcli preview configs/label.yaml --sampler label -o demo/out/label-preview.png --overwrite
+	$(BIN)/patchcli preview demo/out/augmented.h5 -o demo/out/augmented-copy1.png --copy 1 --overwrite
 	$(BIN)/patchcli aggregate demo/out/grid.h5 --image t1 --output-dir demo/out/volumes --overwrite
 	$(BIN)/patchcli queue-sim configs/queue-sim.yaml --trace demo/out/trace.csv --plot demo/out/queue.png --overwrite
 	$(BIN)/patchcli memory configs/memory.yaml

@@ -2,7 +2,10 @@
 
 From a config, one subject is loaded and sampled in memory (nothing is
 written); from an output, its stored locations are drawn over the source
-images it records. The figure shows three orthogonal slices of an intensity
+images it records. With ``augment``, one augmented copy of the subject is drawn
+(copy 0 unless another is asked for), with that copy's patches: from an
+output, the copy is made again from the seed, the subject's manifest row and
+the copy's number, as the run made it. The figure shows three orthogonal slices of an intensity
 image through the point most patches cover, with the patches that cross each
 slice drawn as boxes; the probability or label map beside it; and for the
 label sampler, the share of patches centred on each class against the
@@ -25,6 +28,7 @@ from .plan import plan_extraction
 from .sampling import pad_volume
 from .subject_work import prepare_subject
 from .transforms import Image, Subject, apply_transforms, parse_transforms
+from .transforms.augment import Augmenter, parse_augment
 
 
 @dataclass
@@ -39,15 +43,23 @@ class PreviewData:
     patch_size: tuple[int, int, int]
     map_name: str | None = None
     label_probabilities: dict[int, float] | None = None
+    #: With ``augment``: the copy drawn, and how many the run makes.
+    copy: int | None = None
+    copies: int | None = None
 
 
-def preview_from_config(config, sampler: str, subject: str | None = None) -> PreviewData:
-    """Sample one subject of ``config`` in memory (the first, or the one named)."""
+def preview_from_config(
+    config, sampler: str, subject: str | None = None, copy: int | None = None
+) -> PreviewData:
+    """Sample one subject of ``config`` in memory (the first, or the one named); with
+    ``augment``, its copy ``copy`` (the first by default)."""
     plan = plan_extraction(config, sampler)
     index = _pick(plan.subjects, subject, lambda spec: spec.id, config_path=plan.output_path)
     spec = plan.subjects[index]
-    # With augment: its first copy, and that copy's patches.
-    prepared = prepare_subject(plan.settings, spec, plan.counts[index])
+    augmentation = plan.settings.augmentation
+    copies = None if augmentation is None else augmentation.copies
+    copy = _copy(copy, copies, plan.output_path)
+    prepared = prepare_subject(plan.settings, spec, plan.counts[index], copy=copy or 0)
     locations = prepared.locations.take(prepared.count)
     settings = plan.settings
     return PreviewData(
@@ -61,16 +73,23 @@ def preview_from_config(config, sampler: str, subject: str | None = None) -> Pre
         label_probabilities=None
         if settings.label_probabilities is None
         else {int(k): float(v) for k, v in settings.label_probabilities.items()},
+        copy=copy,
+        copies=copies,
     )
 
 
-def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> PreviewData:
-    """The stored locations of one subject of an output, over its source images."""
+def preview_from_output(
+    path: str | os.PathLike, subject: str | None = None, copy: int | None = None
+) -> PreviewData:
+    """The stored locations of one subject of an output, over its source images (made
+    again as the run made them: preprocessed, and with ``augment`` its copy ``copy``)."""
     import yaml
 
     output = read_patch_output(path)
     index = _pick(output.subjects, subject, lambda record: record.id, config_path=output.path)
     record = output.subjects[index]
+    copies = None if output.copy_index is None else output.copies
+    copy = _copy(copy, copies, output.path)
     image_types = dict(zip(output.images, output.image_types, strict=True))
     images = {}
     for name in output.images:
@@ -84,8 +103,12 @@ def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> 
         images[name] = Image(name, image_types[name], volume.array, volume.affine, source)
     config = yaml.safe_load(output.attributes.get("config") or "") or {}
     # The stored locations are on the preprocessed grid: preprocess the sources alike.
-    subject = Subject(record.id, images)
+    subject = Subject(record.id, images, float(config.get("affine_tolerance", 1e-4)))
     apply_transforms(parse_transforms(config.get("preprocess"), image_types), subject)
+    selected = output.subject_index == index
+    if copy is not None:
+        subject = _augmented(subject, config, image_types, record.manifest_row, copy, output.path)
+        selected &= output.copy_index == copy
     volumes = {image.name: image.data for image in subject}
     padding = tuple(int(p) for p in np.asarray(output.padding).reshape(-1)[:3])
     if any(padding):
@@ -98,13 +121,41 @@ def preview_from_output(path: str | os.PathLike, subject: str | None = None) -> 
         sampler=sampler,
         volumes=volumes,
         image_types=image_types,
-        locations=output.locations[output.subject_index == index],
+        locations=output.locations[selected],
         patch_size=tuple(int(p) for p in output.patch_size),
         map_name=config.get("probability_map") or config.get("label_name"),
         label_probabilities=None
         if not probabilities
         else {int(k): float(v) for k, v in probabilities.items()},
+        copy=copy,
+        copies=copies,
     )
+
+
+def _copy(copy: int | None, copies: int | None, where) -> int | None:
+    """The copy to draw: None without augment, else ``copy`` (0 by default), checked."""
+    if copies is None:
+        if copy is not None:
+            raise ConfigError(f"{where}: no augment, so no copies to choose from (drop --copy)")
+        return None
+    copy = 0 if copy is None else int(copy)
+    if not 0 <= copy < copies:
+        raise ConfigError(
+            f"{where}: no copy {copy}: the run makes {copies} "
+            f"{'copy' if copies == 1 else 'copies'} of each subject (0 to {copies - 1})"
+        )
+    return copy
+
+
+def _augmented(subject: Subject, config, image_types, manifest_row, copy: int, where) -> Subject:
+    """Copy ``copy`` of the preprocessed ``subject``, made again from the recorded config."""
+    if manifest_row is None:
+        raise DataError(
+            f"{where}: subject {subject.id!r} has no manifest row recorded, and its "
+            "augmented copies are drawn from it"
+        )
+    augmenter = Augmenter(parse_augment(config.get("augment"), image_types), image_types)
+    return augmenter.augment(subject, int(config.get("seed", 0)), int(manifest_row), copy)
 
 
 def _pick(items, wanted: str | None, name_of, config_path) -> int:
@@ -142,8 +193,8 @@ def draw_preview(
     columns = 4 if data.sampler == "label" else 3
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
     figure.suptitle(
-        f"{data.sampler}: subject {data.subject!r}, {len(data.locations)} patches of "
-        + "x".join(map(str, data.patch_size))
+        f"{data.sampler}: subject {data.subject!r}{describe_copy(data)}, "
+        f"{len(data.locations)} patches of " + "x".join(map(str, data.patch_size))
     )
     shown = [(intensity, volume)]
     if map_name is not None:
@@ -180,6 +231,11 @@ def draw_preview(
         figure.savefig(temporary, dpi=dpi, format="png")
     plt.close(figure)
     return path
+
+
+def describe_copy(data: PreviewData) -> str:
+    """``", copy 1 of 4"`` for an augmented subject, else nothing."""
+    return "" if data.copy is None else f", copy {data.copy} of {data.copies}"
 
 
 def _slice(array: np.ndarray, axis: int, index: int):
@@ -221,4 +277,10 @@ def _class_chart(axis, data: PreviewData, map_name: str) -> None:
     axis.legend()
 
 
-__all__ = ["PreviewData", "draw_preview", "preview_from_config", "preview_from_output"]
+__all__ = [
+    "PreviewData",
+    "describe_copy",
+    "draw_preview",
+    "preview_from_config",
+    "preview_from_output",
+]

@@ -1108,3 +1108,43 @@ def test_dry_run_shows_the_copies_and_counts_their_patches(tmp_path, data, torch
     grid = dry_run(load_config(config), "grid", sample=False).plan
     counts = [count_grid_patches(shape, PATCH_SIZE, (0, 0, 0)) for shape in SHAPES]
     assert grid.counts == [3 * count for count in counts]
+
+
+# ------------------------------------------------------------------ 12. preview
+def test_preview_draws_the_copy_asked_for_from_the_config_and_from_the_output(
+    tmp_path, data, three_copies
+):
+    """From an output, the copy is made again (seed, manifest row, copy): every stored patch
+    of that copy is a crop of the volumes drawn, as from the config."""
+    from patchcli.preview import preview_from_config, preview_from_output
+
+    config = _config(tmp_path, data, augment=THREE_COPIES)
+    output = _read(three_copies)
+    drawn = {}
+    for copy in (0, 2):
+        rows = _copy_rows(output, 1, copy)
+        for source, data_ in (
+            ("config", preview_from_config(config, "uniform", "s1", copy)),
+            ("output", preview_from_output(three_copies, "s1", copy)),
+        ):
+            assert (data_.subject, data_.copy, data_.copies) == ("s1", copy, 3)
+            np.testing.assert_array_equal(data_.locations, output["locations"][rows])
+            for name in IMAGES:
+                volume = data_.volumes[name].astype(output[name].dtype)
+                for row in rows:
+                    crop = _crop(volume, output["locations"][row])
+                    np.testing.assert_array_equal(crop, output[name][row], err_msg=name)
+            drawn[source, copy] = data_.volumes["t1"]
+    assert not np.array_equal(drawn["output", 0], drawn["output", 2])
+
+
+def test_preview_of_a_copy_on_the_command_line_and_a_copy_out_of_range(tmp_path, three_copies):
+    png = tmp_path / "copy.png"
+    result = _invoke("preview", three_copies, "-o", png, "--copy", 2, "--subject", "s2")
+    assert result.exit_code == 0, result.output
+    assert f"uniform, subject 's2', copy 2 of 3, {NUM_PATCHES} patches" in result.output
+    assert png.stat().st_size > 0
+    beyond = _invoke("preview", three_copies, "-o", tmp_path / "x.png", "--copy", 3)
+    assert beyond.exit_code == 1
+    assert "no copy 3: the run makes 3 copies of each subject (0 to 2)" in beyond.output
+    assert not (tmp_path / "x.png").exists()

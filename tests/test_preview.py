@@ -79,3 +79,11 @@ def test_preview_of_an_unknown_subject_is_an_error(tmp_path, config):
     )
     assert result.exit_code == 1
     assert "no subject 'nobody'" in result.output and not (tmp_path / "x.png").exists()
+
+
+def test_a_copy_of_a_run_without_augment_is_an_error(tmp_path, config):
+    png = tmp_path / "x.png"
+    result = CliRunner().invoke(main, ["preview", str(config), "-o", str(png), "--copy", "1"])
+    assert result.exit_code == 1
+    assert "no augment, so no copies to choose from (drop --copy)" in result.output
+    assert not png.exists()
