@@ -40,7 +40,7 @@ from .io.space import write_error
 from .sampling import copy_rng, pad_volume, subject_rng
 from .sampling.geometry import Triplet, check_patch_fits
 from .sampling.stream import LocationStream
-from .sampling.tables import LabelRuns, RowTotals
+from .sampling.tables import ChannelTotals, LabelRuns, RowTotals
 from .subjects import SubjectSpec, check_same_geometry, load_subject
 from .transforms import Image, Subject, Transform, apply_transforms
 from .transforms.augment import Augmentation, Augmenter
@@ -483,13 +483,16 @@ def sampling_tables(
 ) -> dict[str, object]:
     """What a volume store keeps to draw patches at training time
     (patchcli.sampling.tables): the label runs of each single-channel label image, and
-    with a ``patch_size``, the row totals of each sampling map."""
+    with a ``patch_size``, the channel totals of each multi-channel label image and the
+    row totals of each sampling map."""
     tables: dict[str, object] = {}
     for name, volume in volumes.items():
         kind = settings.image_types.get(name)
         try:
             if kind == "label" and volume.shape[0] == 1:
                 tables[name] = LabelRuns.of(volume)
+            elif kind == "label" and any(settings.patch_size):
+                tables[name] = ChannelTotals.of(volume, settings.patch_size)
             elif kind == "sampling_map" and any(settings.patch_size):
                 tables[name] = RowTotals.of(volume, settings.patch_size)
         except DataError as error:

@@ -27,11 +27,11 @@ from .aggregate import GridAggregator
 from .errors import ConfigError, DataError, PatchcliWarning
 from .io.hdf5 import open_hdf5
 from .io.reader import read_patch_output
-from .io.store import read_label_runs, read_row_totals
+from .io.store import read_channel_totals, read_label_runs, read_row_totals
 from .patch_tables import patch_affines, subjects_of_rank
 from .sampling.geometry import check_patch_fits, to_triplet
 from .sampling.grid import grid_locations, grid_padding
-from .sampling.tables import RowDraw, RowTotals, RunDraw
+from .sampling.tables import ChannelDraw, ChannelTotals, RowDraw, RowTotals, RunDraw
 from .sampling.uniform import uniform_locations
 
 SAMPLERS = ("uniform", "label", "weighted", "grid")
@@ -292,15 +292,9 @@ class VolumeDataset(Dataset):
         where = f"{self.path}: subject {record.id!r}"
         try:
             if self.sampler == "label":
-                runs = read_label_runs(file, record.id, self.label_name)
-                if runs is None:
-                    raise DataError(
-                        f"{where}: no label table for image {self.label_name!r} (a "
-                        "single-channel label image); sampler='label' needs one"
-                    )
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", PatchcliWarning)
-                    draw = RunDraw(runs, self.patch_size, self.label_probabilities)
+                    draw = self._label_draw(file, record, where)
                 for warning in caught:  # named after the subject, as in a run's warnings
                     warnings.warn(f"subject {record.id!r}: {warning.message}", PatchcliWarning, 2)
                 return draw
@@ -319,6 +313,24 @@ class VolumeDataset(Dataset):
             raise DataError(message) from None
         except (OSError, KeyError) as error:
             raise DataError(f"{where}: cannot read its sampling tables ({error})") from None
+
+    def _label_draw(self, file, record, where: str):
+        """The label draw of one subject: its label runs, or for a multi-channel label
+        map its channel totals (made again from the map, once, for another patch size)."""
+        dataset = file[f"volumes/{record.id}/{self.label_name}"]
+        if dataset.shape[0] == 1:
+            runs = read_label_runs(file, record.id, self.label_name)
+            if runs is None:
+                raise DataError(f"{where}: no label table for image {self.label_name!r}")
+            return RunDraw(runs, self.patch_size, self.label_probabilities)
+        totals = read_channel_totals(file, record.id, self.label_name)
+        if totals is None or totals.patch_size != tuple(self.patch_size):
+            totals = ChannelTotals.of(dataset[()], self.patch_size)
+        return ChannelDraw(
+            totals,
+            lambda channels, x, y, z0, z1: dataset[channels, x, y, z0:z1],
+            self.label_probabilities,
+        )
 
     def _read(self, record, name: str, location: np.ndarray) -> np.ndarray:
         """One patch of one image: the chunks it covers, padded where it leaves the volume."""

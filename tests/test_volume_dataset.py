@@ -357,6 +357,91 @@ def test_labels_only_near_the_border_are_never_centres(volume_dataset, label_sto
     assert str(caught.value).startswith(f"{label_store}: ") and "\n" not in str(caught.value)
 
 
+@pytest.fixture(scope="module", params=["tables", "no tables"])
+def channel_store(request, tmp_path_factory) -> Path:
+    """:func:`class_map` one-hot, four channels, in a store with its channel totals for
+    patches of 3, or with none (made again by the dataset)."""
+    label_map = class_map()
+    one_hot = np.stack([label_map == c for c in range(4)]).astype(np.uint8)
+    return store_of(
+        tmp_path_factory.mktemp("channel-store"),
+        {"classes": {"seg": one_hot}},
+        {"seg": "label"},
+        patch_size=3 if request.param == "tables" else None,
+    )
+
+
+def test_one_hot_label_maps_draw_channels_as_label_maps_draw_labels(volume_dataset, channel_store):
+    with h5py.File(channel_store, "r") as file:
+        assert file["volumes/classes/seg"].shape == (4, 12, 12, 12)
+        totals = file.get("tables/classes/channels/seg/totals")
+        if "patch_size" in file.attrs:  # the store made with a patch size
+            assert totals.shape == (4, 144) and "label" not in file["tables/classes"]
+        else:
+            assert totals is None
+    dataset = volume_dataset(
+        channel_store,
+        sampler="label",
+        patch_size=3,
+        samples_per_volume=LABEL_DRAWS,
+        label_probabilities=LABEL_PROBABILITIES,  # keys are channels here
+        seed=123,
+    )
+    centres = centres_of(locations_of(dataset, range(LABEL_DRAWS)), (3, 3, 3))
+    counts = np.bincount(class_map()[centres], minlength=4)
+    assert counts[3] == 0  # only on the border
+    # As test_label_draws_follow_label_probabilities: the same shares, the same bounds.
+    shares = np.array([1, 1, 2]) / 4
+    assert stats.chisquare(counts[:3], shares * LABEL_DRAWS).pvalue > ALPHA
+    np.testing.assert_allclose(counts[:3] / LABEL_DRAWS, shares, atol=0.03)
+    # Without probabilities, every voxel of channels 1 and up alike: 215 of 1, 5 of 2.
+    draws = 6000
+    uniform = volume_dataset(
+        channel_store, sampler="label", patch_size=3, samples_per_volume=draws, seed=5
+    )
+    counts = np.bincount(class_map()[centres_of(locations_of(uniform), (3, 3, 3))], minlength=4)
+    assert counts[0] == 0 and counts[3] == 0
+    assert stats.chisquare(counts[1:3], np.array([215, 5]) / 220 * draws).pvalue > ALPHA
+    with pytest.warns(PatchcliWarning, match=r"subject 'classes': channel 3 .*near the border"):
+        volume_dataset(
+            channel_store, sampler="label", patch_size=3, label_probabilities={1: 1, 3: 1}
+        )[0]
+    bad = volume_dataset(channel_store, sampler="label", patch_size=3, label_probabilities={4: 1})
+    with pytest.raises(DataError, match=r"subject 'classes'.*refers to channel 4 but the label"):
+        bad[0]
+
+
+def test_channel_draws_do_not_depend_on_where_the_totals_come_from(
+    volume_dataset, tmp_path_factory
+):
+    rng = np.random.default_rng(8)
+    soft = rng.random((3, 9, 8, 7)).astype(np.float32) * (rng.random((3, 9, 8, 7)) > 0.4)
+    stores = [
+        store_of(
+            tmp_path_factory.mktemp("channel-totals"),
+            {"soft": {"seg": soft}},
+            {"seg": "label"},
+            patch_size=size,
+        )
+        for size in ([3, 2, 1], None, [5, 5, 5])  # the dataset's, none, another
+    ]
+    found = [
+        locations_of(
+            volume_dataset(
+                path,
+                sampler="label",
+                patch_size=(3, 2, 1),
+                samples_per_volume=200,
+                label_probabilities={0: 1, 2: 3},
+                seed=4,
+            )
+        )
+        for path in stores
+    ]
+    np.testing.assert_array_equal(found[1], found[0])
+    np.testing.assert_array_equal(found[2], found[0])
+
+
 @pytest.fixture(scope="module")
 def weighted_maps() -> dict:
     two = np.zeros((9, 9, 9), dtype=np.float32)

@@ -5,6 +5,8 @@ Layout (docs/format.md, "Volume stores")::
     /volumes/<subject>/<image>          (C, X, Y, Z), chunks (C, 32, 32, 32), compressed
     /tables/<subject>/label/<image>/    labels, offsets, rows, starts, stops (label runs)
     /tables/<subject>/weights/<image>   (X * Y,) float64 row totals (for ``patch_size``)
+    /tables/<subject>/channels/<image>/ totals, foreground (multi-channel label maps, for
+                                        ``patch_size``)
     /subjects/...                       the subjects table of patch files
     /skipped_subjects/...
 
@@ -28,7 +30,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..handover import VolumeChunks, chunk_offsets, volume_chunk_shape
-from ..sampling.tables import LabelRuns, RowTotals
+from ..sampling.tables import ChannelTotals, LabelRuns, RowTotals
 from .hdf5 import (
     compression_options,
     decode_strings,
@@ -125,6 +127,14 @@ class VolumeStoreWriter(PatchWriter):
                 )
                 dataset.attrs["shape"] = np.asarray(table.shape, dtype=np.int64)
                 dataset.attrs["patch_size"] = np.asarray(table.patch_size, dtype=np.int64)
+            elif isinstance(table, ChannelTotals):
+                channels = group.create_group(f"channels/{name}")
+                channels.attrs["shape"] = np.asarray(table.shape, dtype=np.int64)
+                channels.attrs["patch_size"] = np.asarray(table.patch_size, dtype=np.int64)
+                channels.attrs["present"] = table.present.astype(np.uint8)
+                channels.attrs["problem"] = table.problem
+                for key in ("totals", "foreground"):
+                    channels.create_dataset(key, data=getattr(table, key), **_TABLE_FILTERS)
 
     def write_block(
         self,
@@ -417,12 +427,29 @@ def read_row_totals(file: h5py.File, subject_id: str, image: str) -> RowTotals |
     )
 
 
+def read_channel_totals(file: h5py.File, subject_id: str, image: str) -> ChannelTotals | None:
+    """A subject's channel totals of a multi-channel label ``image`` (None when the store
+    has none)."""
+    group = file.get(f"tables/{subject_id}/channels/{image}")
+    if group is None:
+        return None
+    return ChannelTotals(
+        tuple(int(n) for n in group.attrs["shape"]),  # type: ignore[arg-type]
+        tuple(int(n) for n in group.attrs["patch_size"]),  # type: ignore[arg-type]
+        group["totals"][()],
+        group["foreground"][()],
+        np.asarray(group.attrs["present"]).astype(bool),
+        plain_value(group.attrs["problem"]),
+    )
+
+
 __all__ = [
     "DEFAULT_CHUNK_SHAPE",
     "STORE_FORMAT_NAME",
     "STORE_FORMAT_VERSION",
     "VolumeStoreWriter",
     "is_store",
+    "read_channel_totals",
     "read_label_runs",
     "read_row_totals",
     "read_store",

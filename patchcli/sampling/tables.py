@@ -13,6 +13,10 @@ or probability map at training time:
   map along each row, over the valid-centre box of one patch size. A centre
   is drawn by choosing a row in proportion to its total, then a voxel of
   that row in proportion to its value (one row of the map read).
+- :class:`ChannelTotals`, for the label sampler on a multi-channel (one-hot
+  or soft) label map: the same row totals for each channel, and the count
+  of foreground voxels along each row; a channel is chosen, then a row of
+  it, then a voxel of that row (one row of the map read).
 
 Both give exactly the distributions of the in-memory samplers
 (patchcli.sampling.label, patchcli.sampling.weighted): the same candidates,
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,29 +150,13 @@ class RunDraw:
             self.classes = [c for c in self.classes if c[3][-1] > 0]
             self.class_weights = np.ones(len(self.classes))
         else:
-            probabilities = {
-                int(key): float(label_probabilities[key]) for key in sorted(label_probabilities)
-            }
-            total = sum(probabilities.values())
-            if not all(math.isfinite(p) and p >= 0 for p in probabilities.values()) or total <= 0:
-                raise DataError(
-                    "label_probabilities must be finite and non-negative with a positive sum, "
-                    f"not {probabilities}"
-                )
             self.classes, weights = [], []
-            for label, probability in probabilities.items():
+            for label, probability in _checked(label_probabilities).items():
                 if probability == 0:
                     continue
                 clipped = self._clipped(label)
                 if clipped[3][-1] == 0:
-                    absent = len(runs.of_label(label)[0]) == 0
-                    border = " (only near the border, where no patch centre can lie)"
-                    where = "" if absent else border
-                    warnings.warn(
-                        f"label {label} is requested in label_probabilities but absent{where}",
-                        PatchcliWarning,
-                        stacklevel=2,
-                    )
+                    _warn_absent(f"label {label}", len(runs.of_label(label)[0]) > 0)
                     continue
                 self.classes.append(clipped)
                 weights.append(probability)
@@ -229,6 +217,30 @@ class RunDraw:
     def locations(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """``(count, 6)`` locations of patches centred on drawn voxels."""
         return centres_to_starts(self.centres(count, rng), self.patch_size)
+
+
+def _checked(label_probabilities: Mapping[int, float]) -> dict[int, float]:
+    """``label_probabilities`` sorted by key (the draws do not depend on the order the keys
+    were written in), refused unless finite and non-negative with a positive sum."""
+    probabilities = {
+        int(key): float(label_probabilities[key]) for key in sorted(label_probabilities)
+    }
+    total = sum(probabilities.values())
+    if not all(math.isfinite(p) and p >= 0 for p in probabilities.values()) or total <= 0:
+        raise DataError(
+            "label_probabilities must be finite and non-negative with a positive sum, "
+            f"not {probabilities}"
+        )
+    return probabilities
+
+
+def _warn_absent(what: str, near_border: bool) -> None:
+    where = " (only near the border, where no patch centre can lie)" if near_border else ""
+    warnings.warn(
+        f"{what} is requested in label_probabilities but absent{where}",
+        PatchcliWarning,
+        stacklevel=3,
+    )
 
 
 def _concatenate(pieces):
@@ -301,4 +313,181 @@ class RowDraw:
         return centres_to_starts(self.centres(count, rng), self.totals.patch_size)
 
 
-__all__ = ["LabelRuns", "RowDraw", "RowTotals", "RunDraw", "centres_to_starts"]
+@dataclass(frozen=True)
+class ChannelTotals:
+    """What the label sampler draws from on a multi-channel (one-hot or soft) label map,
+    for one patch size: along each row of the valid-centre box (0 outside it), the sum of
+    each channel, ``totals[c, x * Y + y]``, and the number of foreground voxels (where any
+    channel from 1 is positive), ``foreground[x * Y + y]``.
+
+    Attributes
+    ----------
+    shape, patch_size : tuple of 3 ints
+    totals : (C, X * Y) float64
+    foreground : (X * Y,) float64
+    present : (C,) bool
+        Whether each channel is positive anywhere (for the warning of a channel absent
+        from the valid-centre box).
+    problem : str
+        Why the values inside the box cannot be weights (negative, NaN), or ``""``: an
+        error only when ``label_probabilities`` weight by them, as in
+        :func:`patchcli.sampling.label.label_candidates`.
+
+    Examples
+    --------
+    >>> one_hot = np.zeros((3, 1, 1, 7), dtype=np.uint8)
+    >>> one_hot[0, 0, 0, [0, 1, 6]] = 1; one_hot[1, 0, 0, [2, 3, 5]] = 1; one_hot[2, 0, 0, 4] = 1
+    >>> table = ChannelTotals.of(one_hot, (1, 1, 5))
+    >>> table.totals.tolist(), table.foreground.tolist()
+    ([[0.0], [2.0], [1.0]], [3.0])
+    """
+
+    shape: tuple[int, int, int]
+    patch_size: tuple[int, int, int]
+    totals: np.ndarray
+    foreground: np.ndarray
+    present: np.ndarray
+    problem: str = ""
+
+    @classmethod
+    def of(cls, label_map: np.ndarray, patch_size: Triplet) -> ChannelTotals:
+        """The tables of a (C, X, Y, Z) label map of two channels or more."""
+        channels = label_map.shape[0]
+        shape = tuple(int(n) for n in label_map.shape[1:])
+        check_patch_fits(patch_size, shape)
+        box_x, box_y, box_z = valid_centre_box(shape, patch_size)
+        inside = label_map[:, box_x, box_y, box_z]
+        try:
+            check_probability_values(inside, "multi-channel label map")
+            problem = ""
+        except DataError as error:
+            problem = str(error)
+        totals = np.zeros((channels, *shape[:2]), dtype=np.float64)
+        foreground = np.zeros(shape[:2], dtype=np.float64)
+        # One channel at a time: no float64 copy of the whole map.
+        for channel in range(channels):
+            totals[channel, box_x, box_y] = inside[channel].sum(axis=2, dtype=np.float64)
+        foreground[box_x, box_y] = (inside[1:] > 0).any(axis=0).sum(axis=2)
+        present = np.array([(label_map[c] > 0).any() for c in range(channels)], dtype=bool)
+        return cls(
+            shape,
+            tuple(int(n) for n in patch_size),
+            totals.reshape(channels, -1),
+            foreground.ravel(),
+            present,
+            problem,
+        )
+
+
+class ChannelDraw:
+    """Centres drawn with the rules of the label sampler on a multi-channel label map
+    (:func:`patchcli.sampling.label.label_candidates`), from its :class:`ChannelTotals`
+    and one row of the map per draw.
+
+    Without ``label_probabilities``, every foreground voxel (any channel from 1
+    positive) of the valid-centre box is equally likely: a row in proportion to its
+    count, then one of its foreground voxels. With them (keys are channels), channel
+    ``c`` is drawn with probability ``p_c`` (normalised over the channels present in the
+    box), then a voxel in proportion to the channel's value: a row by its total, a voxel
+    of the row by its value.
+
+    ``read_row(channels, x, y, z0, z1)`` gives ``map[channels, x, y, z0:z1]``
+    (``channels`` an int, or a slice).
+
+    Examples
+    --------
+    >>> one_hot = np.zeros((3, 1, 1, 7), dtype=np.uint8)
+    >>> one_hot[0, 0, 0, [0, 1, 6]] = 1; one_hot[1, 0, 0, [2, 3, 5]] = 1; one_hot[2, 0, 0, 4] = 1
+    >>> table = ChannelTotals.of(one_hot, (1, 1, 5))
+    >>> draw = ChannelDraw(table, lambda c, x, y, z0, z1: one_hot[c, x, y, z0:z1], {2: 1})
+    >>> sorted(set(draw.centres(50, np.random.default_rng(0))[:, 2].tolist()))
+    [4]
+    """
+
+    def __init__(
+        self,
+        totals: ChannelTotals,
+        read_row: Callable[..., np.ndarray],
+        label_probabilities: Mapping[int, float] | None = None,
+    ) -> None:
+        self.totals = totals
+        self.read_row = read_row
+        self.box = valid_centre_box(totals.shape, totals.patch_size)
+        channels = len(totals.totals)
+        #: What each draw picks from: (channel, or None for the foreground; row CDF).
+        self.parts: list[tuple[int | None, np.ndarray]] = []
+        weights = []
+        if label_probabilities is None:
+            if totals.foreground.any():
+                self.parts.append((None, np.cumsum(totals.foreground)))
+                weights.append(1.0)
+            else:
+                raise DataError(
+                    "no labelled voxel can be a patch centre: "
+                    + EMPTY_MAP_HINT.format(patch_size=totals.patch_size)
+                )
+        else:
+            probabilities = _checked(label_probabilities)
+            for channel in probabilities:
+                if not 0 <= channel < channels:
+                    raise DataError(
+                        f"label_probabilities refers to channel {channel} but the label map "
+                        f"has {channels} channels"
+                    )
+            if totals.problem:
+                raise DataError(totals.problem)
+            for channel, probability in probabilities.items():
+                if probability == 0:
+                    continue
+                if not totals.totals[channel].any():
+                    _warn_absent(f"channel {channel}", bool(totals.present[channel]))
+                    continue
+                self.parts.append((channel, np.cumsum(totals.totals[channel])))
+                weights.append(probability)
+            if not self.parts:
+                requested = [c for c, p in probabilities.items() if p > 0]
+                raise DataError(
+                    f"none of the requested channels {requested} has a voxel where a patch "
+                    "centre can lie (absent, or only near the border): "
+                    + EMPTY_MAP_HINT.format(patch_size=totals.patch_size)
+                )
+        self.part_cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
+
+    def centres(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``(count, 3)`` int64 voxel indices of patch centres."""
+        if len(self.parts) == 1:
+            chosen = np.zeros(count, dtype=np.int64)
+        else:
+            draws = (1.0 - rng.random(count)) * self.part_cdf[-1]
+            chosen = np.searchsorted(self.part_cdf, draws, side="left")
+        size_y = self.totals.shape[1]
+        box_z = self.box[2]
+        centres = np.empty((count, 3), dtype=np.int64)
+        for number, part in enumerate(chosen.tolist()):
+            channel, cdf = self.parts[part]
+            row = int(np.searchsorted(cdf, (1.0 - rng.random()) * cdf[-1], side="left"))
+            x, y = divmod(row, size_y)
+            if channel is None:
+                values = self.read_row(slice(1, None), x, y, box_z.start, box_z.stop)
+                values = (np.asarray(values) > 0).any(axis=0).astype(np.float64)
+            else:
+                values = self.read_row(channel, x, y, box_z.start, box_z.stop)
+            cumulative = np.cumsum(np.asarray(values, dtype=np.float64))
+            u = (1.0 - rng.random()) * cumulative[-1]
+            centres[number] = (x, y, box_z.start + int(np.searchsorted(cumulative, u, "left")))
+        return centres
+
+    def locations(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``(count, 6)`` locations of patches centred on drawn voxels."""
+        return centres_to_starts(self.centres(count, rng), self.totals.patch_size)
+
+
+__all__ = [
+    "ChannelDraw",
+    "ChannelTotals",
+    "LabelRuns",
+    "RowDraw",
+    "RowTotals",
+    "RunDraw",
+    "centres_to_starts",
+]
