@@ -195,11 +195,7 @@ class RunDraw:
 
     def centres(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """``(count, 3)`` int64 voxel indices of patch centres."""
-        if len(self.classes) == 1:
-            chosen = np.zeros(count, dtype=np.int64)
-        else:
-            draws = (1.0 - rng.random(count)) * self.class_cdf[-1]
-            chosen = np.searchsorted(self.class_cdf, draws, side="left")
+        chosen = _choose(self.class_cdf, count, rng)
         centres = np.empty((count, 3), dtype=np.int64)
         size_y = self.runs.shape[1]
         for number, (rows, starts, _, cumulative) in enumerate(self.classes):
@@ -217,6 +213,21 @@ class RunDraw:
     def locations(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """``(count, 6)`` locations of patches centred on drawn voxels."""
         return centres_to_starts(self.centres(count, rng), self.patch_size)
+
+
+def _choose(cdf: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` indices drawn in proportion to the weights whose cumulative sum is ``cdf``
+    (no draw when there is one)."""
+    if len(cdf) == 1:
+        return np.zeros(count, dtype=np.int64)
+    return np.searchsorted(cdf, (1.0 - rng.random(count)) * cdf[-1], side="left")
+
+
+def _by_weight(values, rng: np.random.Generator, cumulative: bool = False) -> int:
+    """One index drawn in proportion to ``values`` (or to the weights whose cumulative sum
+    they are): weights of 0 are never drawn, as ``1 - random()`` is never 0."""
+    cdf = values if cumulative else np.cumsum(np.asarray(values, dtype=np.float64))
+    return int(np.searchsorted(cdf, (1.0 - rng.random()) * cdf[-1], side="left"))
 
 
 def _checked(label_probabilities: Mapping[int, float]) -> dict[int, float]:
@@ -296,17 +307,14 @@ class RowDraw:
 
     def centres(self, count: int, rng: np.random.Generator) -> np.ndarray:
         draws = (1.0 - rng.random(count)) * self.cdf[-1]
-        rows = np.searchsorted(self.cdf, draws, side="left")
+        rows = np.searchsorted(self.cdf, draws, side="left")  # a row by its total
         size_y = self.totals.shape[1]
         box_z = self.box[2]
         centres = np.empty((count, 3), dtype=np.int64)
         for number, row in enumerate(rows.tolist()):
             x, y = divmod(row, size_y)
-            values = np.asarray(self.read_row(x, y, box_z.start, box_z.stop), dtype=np.float64)
-            cumulative = np.cumsum(values)
-            u = (1.0 - rng.random()) * cumulative[-1]
-            z = box_z.start + int(np.searchsorted(cumulative, u, side="left"))
-            centres[number] = (x, y, z)
+            values = self.read_row(x, y, box_z.start, box_z.stop)
+            centres[number] = (x, y, box_z.start + _by_weight(values, rng))
         return centres
 
     def locations(self, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -455,26 +463,19 @@ class ChannelDraw:
 
     def centres(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """``(count, 3)`` int64 voxel indices of patch centres."""
-        if len(self.parts) == 1:
-            chosen = np.zeros(count, dtype=np.int64)
-        else:
-            draws = (1.0 - rng.random(count)) * self.part_cdf[-1]
-            chosen = np.searchsorted(self.part_cdf, draws, side="left")
+        chosen = _choose(self.part_cdf, count, rng)
         size_y = self.totals.shape[1]
         box_z = self.box[2]
         centres = np.empty((count, 3), dtype=np.int64)
         for number, part in enumerate(chosen.tolist()):
             channel, cdf = self.parts[part]
-            row = int(np.searchsorted(cdf, (1.0 - rng.random()) * cdf[-1], side="left"))
-            x, y = divmod(row, size_y)
+            x, y = divmod(_by_weight(cdf, rng, cumulative=True), size_y)
             if channel is None:
                 values = self.read_row(slice(1, None), x, y, box_z.start, box_z.stop)
-                values = (np.asarray(values) > 0).any(axis=0).astype(np.float64)
+                values = (np.asarray(values) > 0).any(axis=0)
             else:
                 values = self.read_row(channel, x, y, box_z.start, box_z.stop)
-            cumulative = np.cumsum(np.asarray(values, dtype=np.float64))
-            u = (1.0 - rng.random()) * cumulative[-1]
-            centres[number] = (x, y, box_z.start + int(np.searchsorted(cumulative, u, "left")))
+            centres[number] = (x, y, box_z.start + _by_weight(values, rng))
         return centres
 
     def locations(self, count: int, rng: np.random.Generator) -> np.ndarray:
