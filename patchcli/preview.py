@@ -2,14 +2,14 @@
 
 From a config, one subject is loaded and sampled in memory (nothing is
 written); from an output, its stored locations are drawn over the source
-images it records. With ``augment``, one augmented copy of the subject is drawn
-(copy 0 unless another is asked for), with that copy's patches: from an
+images it records. With ``augment``, one augmented copy of the subject is
+drawn (copy 0 unless another is asked for), with that copy's patches: from an
 output, the copy is made again from the seed, the subject's manifest row and
-the copy's number, as the run made it. The figure shows three orthogonal slices of an intensity
-image through the point most patches cover, with the patches that cross each
-slice drawn as boxes; the probability or label map beside it; and for the
-label sampler, the share of patches centred on each class against the
-requested probabilities. matplotlib draws it, headless (Agg).
+the copy's number, as the run made it. The figure shows three orthogonal
+slices of an intensity image through the point most patches cover, with the
+patches that cross each slice drawn as boxes; the probability or label map
+beside it; and for the label sampler, the share of patches centred on each
+class against the requested probabilities. matplotlib draws it, headless (Agg).
 """
 
 from __future__ import annotations
