@@ -12,6 +12,11 @@ page cache holds every file); the best of 0 and 2 workers is compared. The store
 size is compared with the .nii.gz inputs', and the peak memory of a loader
 worker reported (its resident set, from /proc).
 
+With ``--one-hot``, seg is stored one-hot (4 channels, 4D .nii.gz) on both sides,
+and ``label_probabilities`` name channels: TorchIO's LabelSampler and
+VolumeDataset's channel draw (the store made with ``patch_size`` 64, so that it
+holds the channel totals).
+
     python bench/bench_volumes.py --out-json bench/results/volumes.json
 """
 
@@ -26,6 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_uint8_subjects  # noqa: E402
@@ -150,19 +158,28 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def make_store(manifest: Path, store: Path, chunk: int) -> float:
-    """Write the store; seconds taken."""
+def one_hot_segmentations(folder: Path) -> None:
+    """Each subject's seg made one-hot: (X, Y, Z, 4) uint8, one channel per label 0 to 3."""
+    for path in sorted(folder.glob("*_seg.nii.gz")):
+        image = nib.load(path)
+        labels = np.asarray(image.dataobj)
+        one_hot = np.stack([labels == label for label in range(4)], axis=-1).astype(np.uint8)
+        nib.save(nib.Nifti1Image(one_hot, image.affine), path)
+
+
+def make_store(manifest: Path, store: Path, chunk: int, patch_size: int | None = None) -> float:
+    """Write the store (with the channel totals of ``patch_size`` when given); seconds."""
     from patchcli.config import load_config
     from patchcli.extract import extract
 
-    config = load_config(
-        None,
-        {
-            "subjects": str(manifest),
-            "images": {"t1": "intensity", "seg": "label", "mask": "label"},
-            "output": {"path": str(store), "chunks": chunk},
-        },
-    )
+    keys = {
+        "subjects": str(manifest),
+        "images": {"t1": "intensity", "seg": "label", "mask": "label"},
+        "output": {"path": str(store), "chunks": chunk},
+    }
+    if patch_size is not None:
+        keys["patch_size"] = patch_size
+    config = load_config(None, keys)
     start = time.perf_counter()
     extract(config, "volumes", overwrite=True)
     return time.perf_counter() - start
@@ -175,17 +192,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--one-hot", action="store_true", help="seg stored one-hot")
     parser.add_argument("--out-json", type=Path, default=None)
     options = parser.parse_args(argv)
     default_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="bench_volumes_", dir=default_dir))
     try:
         manifest = write_uint8_subjects(work / "data", options.subjects)
+        if options.one_hot:
+            one_hot_segmentations(work / "data")
         inputs = sum(p.stat().st_size for p in (work / "data").glob("*.nii.gz"))
         store = work / "volumes.h5"
-        seconds = make_store(manifest, store, options.chunk)
+        seconds = make_store(manifest, store, options.chunk, PATCH if options.one_hot else None)
         results: dict = {
             "subjects": options.subjects,
+            "seg": "one-hot, 4 channels" if options.one_hot else "labels, 1 channel",
             "store_seconds_per_subject": seconds / options.subjects,
             "store_bytes": store.stat().st_size,
             "nii_gz_bytes": inputs,
