@@ -404,13 +404,19 @@ def read_store(file: h5py.File, path: Path, attributes: dict) -> PatchOutput:
     )
 
 
+def _triplet(value) -> tuple[int, int, int]:
+    """A table's ``shape`` or ``patch_size`` attribute as three ints."""
+    first, second, third = (int(n) for n in value)
+    return first, second, third
+
+
 def read_label_runs(file: h5py.File, subject_id: str, image: str) -> LabelRuns | None:
     """A subject's label runs of ``image`` (None when the store has none)."""
     group = file.get(f"tables/{subject_id}/label/{image}")
     if group is None:
         return None
     return LabelRuns(
-        tuple(int(n) for n in group.attrs["shape"]),  # type: ignore[arg-type]
+        _triplet(group.attrs["shape"]),
         *(group[key][()] for key in ("labels", "offsets", "rows", "starts", "stops")),
     )
 
@@ -421,8 +427,8 @@ def read_row_totals(file: h5py.File, subject_id: str, image: str) -> RowTotals |
     if dataset is None:
         return None
     return RowTotals(
-        tuple(int(n) for n in dataset.attrs["shape"]),  # type: ignore[arg-type]
-        tuple(int(n) for n in dataset.attrs["patch_size"]),  # type: ignore[arg-type]
+        _triplet(dataset.attrs["shape"]),
+        _triplet(dataset.attrs["patch_size"]),
         dataset[()],
     )
 
@@ -434,8 +440,8 @@ def read_channel_totals(file: h5py.File, subject_id: str, image: str) -> Channel
     if group is None:
         return None
     return ChannelTotals(
-        tuple(int(n) for n in group.attrs["shape"]),  # type: ignore[arg-type]
-        tuple(int(n) for n in group.attrs["patch_size"]),  # type: ignore[arg-type]
+        _triplet(group.attrs["shape"]),
+        _triplet(group.attrs["patch_size"]),
         group["totals"][()],
         group["foreground"][()],
         np.asarray(group.attrs["present"]).astype(bool),

@@ -88,7 +88,16 @@ def label_candidates(
             foreground = inside[0] > 0
         return region, region_shape, np.flatnonzero(foreground), None
 
-    # Sorted by key, so that the draws do not depend on the order the keys were written in.
+    probabilities = checked_probabilities(label_probabilities)
+    total = sum(probabilities.values())
+    if multichannel:
+        return region, region_shape, *_channel_candidates(label_map, inside, probabilities, total)
+    return region, region_shape, *_value_candidates(label_map, inside[0], probabilities, total)
+
+
+def checked_probabilities(label_probabilities: Mapping[int, float]) -> dict[int, float]:
+    """``label_probabilities`` sorted by key (the draws do not depend on the order the keys
+    were written in), refused unless finite and non-negative with a positive sum."""
     probabilities = {
         int(key): float(label_probabilities[key]) for key in sorted(label_probabilities)
     }
@@ -99,9 +108,27 @@ def label_candidates(
             "label_probabilities must be finite and non-negative with a positive sum, "
             f"not {probabilities}"
         )
-    if multichannel:
-        return region, region_shape, *_channel_candidates(label_map, inside, probabilities, total)
-    return region, region_shape, *_value_candidates(label_map, inside[0], probabilities, total)
+    return probabilities
+
+
+def check_channels(probabilities: Mapping[int, float], channels: int) -> None:
+    """Refuse keys of ``label_probabilities`` that are not channels of the map."""
+    for channel in probabilities:
+        if not 0 <= channel < channels:
+            raise DataError(
+                f"label_probabilities refers to channel {channel} but the label map "
+                f"has {channels} channels"
+            )
+
+
+def no_centre_error(requested: list[int], what: str, patch_size: Triplet) -> DataError:
+    """The error of a map where none of the ``requested`` labels or channels (``what``)
+    has a voxel that can be a patch centre."""
+    return DataError(
+        f"none of the requested {what} {requested} has a voxel where a patch centre "
+        "can lie (absent, or only near the border): "
+        + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
+    )
 
 
 def _value_candidates(label_map, inside, probabilities, total):
@@ -111,7 +138,7 @@ def _value_candidates(label_map, inside, probabilities, total):
             continue
         members = np.flatnonzero(inside == label)
         if members.size == 0:
-            _warn_absent(f"label {label}", bool((label_map == label).any()))
+            warn_absent(f"label {label}", bool((label_map == label).any()))
             continue
         indices.append(members)
         weights.append(np.full(members.size, probability / total / members.size))
@@ -121,13 +148,7 @@ def _value_candidates(label_map, inside, probabilities, total):
 
 
 def _channel_candidates(label_map, inside, probabilities, total):
-    channels = label_map.shape[0]
-    for channel in probabilities:
-        if not 0 <= channel < channels:
-            raise DataError(
-                f"label_probabilities refers to channel {channel} but the label map "
-                f"has {channels} channels"
-            )
+    check_channels(probabilities, label_map.shape[0])
     check_probability_values(inside, "multi-channel label map")
     weights = np.zeros(inside[0].size, dtype=np.float64)
     for channel, probability in probabilities.items():
@@ -136,14 +157,16 @@ def _channel_candidates(label_map, inside, probabilities, total):
         values = inside[channel].ravel()
         mass = values.sum(dtype=np.float64)
         if mass == 0:
-            _warn_absent(f"channel {channel}", bool((label_map[channel] > 0).any()))
+            warn_absent(f"channel {channel}", bool((label_map[channel] > 0).any()))
             continue
         weights += values * (probability / total / mass)
     flat_indices = np.flatnonzero(weights)
     return flat_indices, weights[flat_indices]
 
 
-def _warn_absent(what: str, present_near_border: bool) -> None:
+def warn_absent(what: str, present_near_border: bool) -> None:
+    """Warn that a requested label or channel has no voxel where a patch centre can lie
+    (the caller's caller named as where it happened)."""
     where = "only near the border, where no patch centre can lie" if present_near_border else ""
     message = f"{what} is requested in label_probabilities but absent" + (
         f" ({where})" if where else ""
@@ -199,11 +222,7 @@ def label_centres(
         if label_probabilities:
             requested = sorted(int(k) for k, p in label_probabilities.items() if p > 0)
             what = "channels" if label_map.shape[0] > 1 else "labels"
-            raise DataError(
-                f"none of the requested {what} {requested} has a voxel where a patch centre "
-                "can lie (absent, or only near the border): "
-                + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))
-            )
+            raise no_centre_error(requested, what, patch_size)
         raise DataError(
             "no labelled voxel can be a patch centre: "
             + EMPTY_MAP_HINT.format(patch_size=tuple(patch_size))

@@ -25,15 +25,14 @@ with the same weights.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DataError, PatchcliWarning
+from ..errors import DataError
 from .geometry import Triplet, check_patch_fits, starts_to_locations, valid_centre_box
+from .label import check_channels, checked_probabilities, no_centre_error, warn_absent
 from .weighted import EMPTY_MAP_HINT, check_probability_values
 
 
@@ -151,12 +150,12 @@ class RunDraw:
             self.class_weights = np.ones(len(self.classes))
         else:
             self.classes, weights = [], []
-            for label, probability in _checked(label_probabilities).items():
+            for label, probability in checked_probabilities(label_probabilities).items():
                 if probability == 0:
                     continue
                 clipped = self._clipped(label)
                 if clipped[3][-1] == 0:
-                    _warn_absent(f"label {label}", len(runs.of_label(label)[0]) > 0)
+                    warn_absent(f"label {label}", len(runs.of_label(label)[0]) > 0)
                     continue
                 self.classes.append(clipped)
                 weights.append(probability)
@@ -228,30 +227,6 @@ def _by_weight(values, rng: np.random.Generator, cumulative: bool = False) -> in
     they are): weights of 0 are never drawn, as ``1 - random()`` is never 0."""
     cdf = values if cumulative else np.cumsum(np.asarray(values, dtype=np.float64))
     return int(np.searchsorted(cdf, (1.0 - rng.random()) * cdf[-1], side="left"))
-
-
-def _checked(label_probabilities: Mapping[int, float]) -> dict[int, float]:
-    """``label_probabilities`` sorted by key (the draws do not depend on the order the keys
-    were written in), refused unless finite and non-negative with a positive sum."""
-    probabilities = {
-        int(key): float(label_probabilities[key]) for key in sorted(label_probabilities)
-    }
-    total = sum(probabilities.values())
-    if not all(math.isfinite(p) and p >= 0 for p in probabilities.values()) or total <= 0:
-        raise DataError(
-            "label_probabilities must be finite and non-negative with a positive sum, "
-            f"not {probabilities}"
-        )
-    return probabilities
-
-
-def _warn_absent(what: str, near_border: bool) -> None:
-    where = " (only near the border, where no patch centre can lie)" if near_border else ""
-    warnings.warn(
-        f"{what} is requested in label_probabilities but absent{where}",
-        PatchcliWarning,
-        stacklevel=3,
-    )
 
 
 def _concatenate(pieces):
@@ -421,7 +396,6 @@ class ChannelDraw:
         self.totals = totals
         self.read_row = read_row
         self.box = valid_centre_box(totals.shape, totals.patch_size)
-        channels = len(totals.totals)
         #: What each draw picks from: (channel, or None for the foreground; row CDF).
         self.parts: list[tuple[int | None, np.ndarray]] = []
         weights = []
@@ -435,30 +409,21 @@ class ChannelDraw:
                     + EMPTY_MAP_HINT.format(patch_size=totals.patch_size)
                 )
         else:
-            probabilities = _checked(label_probabilities)
-            for channel in probabilities:
-                if not 0 <= channel < channels:
-                    raise DataError(
-                        f"label_probabilities refers to channel {channel} but the label map "
-                        f"has {channels} channels"
-                    )
+            probabilities = checked_probabilities(label_probabilities)
+            check_channels(probabilities, len(totals.totals))
             if totals.problem:
                 raise DataError(totals.problem)
             for channel, probability in probabilities.items():
                 if probability == 0:
                     continue
                 if not totals.totals[channel].any():
-                    _warn_absent(f"channel {channel}", bool(totals.present[channel]))
+                    warn_absent(f"channel {channel}", bool(totals.present[channel]))
                     continue
                 self.parts.append((channel, np.cumsum(totals.totals[channel])))
                 weights.append(probability)
             if not self.parts:
                 requested = [c for c, p in probabilities.items() if p > 0]
-                raise DataError(
-                    f"none of the requested channels {requested} has a voxel where a patch "
-                    "centre can lie (absent, or only near the border): "
-                    + EMPTY_MAP_HINT.format(patch_size=totals.patch_size)
-                )
+                raise no_centre_error(requested, "channels", totals.patch_size)
         self.part_cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
 
     def centres(self, count: int, rng: np.random.Generator) -> np.ndarray:
